@@ -1,0 +1,3 @@
+from fp4check.cli import main
+
+main()

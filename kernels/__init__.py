@@ -1,0 +1,1 @@
+"""Backends under test: one subpackage per backend, and the registry that finds them."""

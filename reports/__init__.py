@@ -1,0 +1,1 @@
+"""Result storage and rendering: terminal tables, meta.json, later HTML, diff and JUnit."""
