@@ -13,19 +13,26 @@ formats: NVIDIA's NVFP4 DeepSeek-V4 keeps MTP experts in MXFP4, vllm#49133).
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
-import torch
 from fp4check.config import ModelConfig, load_config, read_json
 from fp4check.errors import InputError
 from fp4check.layout import FamilySpec, layer_of, model_families, split_member
 from fp4check.names import Slice, is_transformers_name, to_native
-from fp4check.references.fp8 import fp8_block_dequantize
-from fp4check.references.mxfp4 import MXFP4_BLOCK, mxfp4_dequantize
-from fp4check.references.nvfp4 import NVFP4_BLOCK, DecodeScale, EncodeScale, GlobalScale, NVFP4Tensor
-from fp4check.safetensors_io import TensorEntry, read_header, read_tensor
+from fp4check.safetensors_io import TensorEntry, gc_paused, read_header, read_tensor
+
+if TYPE_CHECKING:  # torch and the codecs load with the first tensor, so header-only commands start fast
+    import torch
+
+    from fp4check.references.nvfp4 import GlobalScale, NVFP4Tensor
+
+NVFP4_BLOCK = 16  # == references.nvfp4.NVFP4_BLOCK
+MXFP4_BLOCK = 32  # == references.mxfp4.MXFP4_BLOCK
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -43,8 +50,7 @@ FORMAT_NAMES = {
 }
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(NamedTuple):
     key: str  # the stored tensor name
     shard: str  # shard file name, relative to the checkpoint directory
     slice: Slice | None = None
@@ -81,6 +87,9 @@ class Weight:
 
     def dequantize(self) -> torch.Tensor:
         """float32 values with the logical shape (bf16/fp32 params are returned as float32)."""
+        from fp4check.references.fp8 import fp8_block_dequantize
+        from fp4check.references.mxfp4 import mxfp4_dequantize
+
         p = self.parts
         if self.nvfp4 is not None:
             return self.nvfp4.dequantize()
@@ -88,10 +97,12 @@ class Weight:
             return fp8_block_dequantize(p["weight"], p.get("scale", p.get("weight_scale_inv")))
         if self.format == MXFP4:
             return mxfp4_dequantize(p["weight"], p["scale"])
-        return next(iter(p.values())).to(torch.float32)
+        return next(iter(p.values())).float()
 
 
 def _scalar_fp32(t: torch.Tensor, key: str) -> torch.Tensor:
+    import torch
+
     if t.dtype != torch.float32 or t.numel() != 1:
         raise InputError(f"{key} must be one float32 value, got {t.dtype} of shape {tuple(t.shape)}")
     return t.reshape(())
@@ -113,7 +124,8 @@ class Checkpoint:
         self._headers: dict[str, dict[str, TensorEntry]] = {}
         index_path, single = self.path / INDEX_FILE, self.path / SINGLE_FILE
         if index_path.is_file():
-            index = read_json(index_path)
+            with gc_paused():
+                index = read_json(index_path)
             weight_map = index.get("weight_map") if isinstance(index, dict) else None
             if not isinstance(weight_map, dict) or not weight_map:
                 raise InputError(f"{index_path} has no weight_map: re-download the index")
@@ -131,18 +143,19 @@ class Checkpoint:
             raise InputError(f"{self.path} has neither {INDEX_FILE} nor {SINGLE_FILE}: not a safetensors checkpoint")
         self.shard_files = sorted(set(stored.values()))
         self.naming = "transformers" if any(is_transformers_name(k) for k in stored) else "deepseek"
-        self._sources = self._map_names(stored)
-        self._members: dict[str, dict[str, str]] = defaultdict(dict)
-        for native in self._sources:
-            fam, member = split_member(native)
-            self._members[fam][member] = native
+        with gc_paused():
+            self._sources = self._map_names(stored)
+            self._members: dict[str, dict[str, str]] = defaultdict(dict)
+            for native in self._sources:
+                fam, member = split_member(native)
+                self._members[fam][member] = native
         self._specs: dict[str, FamilySpec] | None = None
 
     # --- names and headers ----------------------------------------------------------------------
 
     def _map_names(self, stored: dict[str, str]) -> dict[str, Source]:
         if self.naming == "deepseek":
-            return {k: Source(k, shard) for k, shard in stored.items()}
+            return {k: (k, shard, None) for k, shard in stored.items()}  # Source fields, built as plain tuples
         cfg = self.config
         fused_shapes = {
             "gate_up_proj": (cfg.n_routed_experts, 2 * cfg.moe_intermediate_size, cfg.hidden_size),
@@ -181,10 +194,11 @@ class Checkpoint:
             raise InputError(
                 f"tensor {name} is missing from {self.path}: the checkpoint is incomplete for this model config"
             )
-        header = self._header(src.shard)
-        if src.key not in header:
-            raise InputError(f"{src.shard} does not hold {src.key}, though the index says so: fix the index")
-        return header[src.key], src.slice
+        key, shard, sl = src
+        header = self._header(shard)
+        if key not in header:
+            raise InputError(f"{shard} does not hold {key}, though the index says so: fix the index")
+        return header[key], sl
 
     def tensor(self, name: str) -> torch.Tensor:
         entry, sl = self.entry(name)
@@ -204,17 +218,24 @@ class Checkpoint:
             )
         out = {}
         for member, native in members.items():
-            entry, sl = self.entry(native)
-            if sl is not None:  # a slice of a fused tensor: report the slice's shape
-                entry = TensorEntry(entry.name, entry.dtype, sl.shape, entry.start, 0, entry.path)
+            key, shard, sl = self._sources[native]
+            header = self._headers.get(shard) or self._header(shard)
+            entry = header.get(key)
+            if entry is None:
+                raise InputError(f"{shard} does not hold {key}, though the index says so: fix the index")
+            if sl is not None:  # a slice of a fused tensor: report the slice's shape and size
+                nbytes = math.prod(sl.shape) * entry.itemsize
+                entry = TensorEntry(
+                    entry.name, entry.dtype, sl.shape, entry.start + sl.offset * entry.itemsize, nbytes, entry.path
+                )
             out[member] = entry
         return out
 
     def family_format(self, family: str) -> str:
         return detect_format(self.member_entries(family))
 
-    def check_family(self, family: str, entries: dict[str, TensorEntry] | None = None) -> tuple[int, ...]:
-        """Logical shape of a family, checked against its format and the model config (headers only)."""
+    def check_family(self, family: str, entries: dict[str, TensorEntry] | None = None) -> tuple[str, tuple[int, ...]]:
+        """(format, logical shape) of a family, checked against the format and the model config (headers only)."""
         entries = self.member_entries(family) if entries is None else entries
         fmt = detect_format(entries)
         if fmt == "unknown":
@@ -225,18 +246,32 @@ class Checkpoint:
             )
         shape = _logical_shape(family, fmt, {m: e.shape for m, e in entries.items()})
         spec = self.spec(family)
-        if spec is not None and tuple(spec.shape) != shape:
+        if spec is not None and spec.shape != shape:
             raise InputError(
                 f"{family} has logical shape {list(shape)} but config.json implies {list(spec.shape)}: "
                 "the checkpoint does not match its config"
             )
-        return shape
+        return fmt, shape
 
-    def check_layout(self) -> None:
-        """Every family the config implies is present, of a known format and the right shape.
+    def survey(self) -> Iterator[tuple[str, dict[str, TensorEntry], str, tuple[int, ...]]]:
+        """(family, member entries, format, logical shape) of every family, each checked; headers only.
 
-        The MTP block is optional (transformers' checkpoints drop it).
+        A check depends only on the members' dtypes and shapes and on the shape the config implies, so
+        its result is shared by every family with the same signature (the 384 experts of a layer).
         """
+        self.check_complete()
+        checked: dict[tuple, tuple[str, tuple[int, ...]]] = {}
+        for fam in self._members:
+            entries = self.member_entries(fam)
+            spec = self._specs.get(fam)
+            sig = (spec.shape if spec else None, *((m, e.dtype, e.shape) for m, e in entries.items()))
+            hit = checked.get(sig)
+            if hit is None:
+                hit = checked[sig] = self.check_family(fam, entries)
+            yield fam, entries, *hit
+
+    def check_complete(self) -> None:
+        """Every family the config implies is present (the MTP block is optional: transformers drops it)."""
         if self._specs is None:
             self._specs = model_families(self.config)
         missing = [f for f in self._specs if f not in self._members and not f.startswith("mtp.")]
@@ -248,16 +283,17 @@ class Checkpoint:
                 f"tensor family {missing[0]} is missing from {self.path} ({need}){more}: "
                 "the checkpoint is incomplete or does not match its config.json"
             )
-        for fam in self._members:
-            self.check_family(fam)
 
     # --- loading --------------------------------------------------------------------------------
 
     def weight(self, family: str) -> Weight:
         """Load one family, checking dtypes and shapes against its format and the model config."""
+        import torch
+
+        from fp4check.references.nvfp4 import DecodeScale, EncodeScale, NVFP4Tensor
+
         entries = self.member_entries(family)
-        shape = self.check_family(family, entries)
-        fmt = detect_format(entries)
+        fmt, shape = self.check_family(family, entries)
         parts = {m: self.tensor(self._members[family][m]) for m in entries}
         w = Weight(family, fmt, shape, parts, nbytes=sum(t.numel() * t.element_size() for t in parts.values()))
         if fmt == NVFP4_MODELOPT:

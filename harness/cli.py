@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import click
+
 from fp4check import __version__
 from fp4check.commands.doctor import doctor
 from fp4check.commands.info import info

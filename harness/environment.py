@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import torch
+
 from fp4check import __version__
 
 

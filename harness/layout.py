@@ -9,7 +9,7 @@ these families and the checkpoint reader checks loaded shapes against them.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from fp4check.config import ModelConfig
 
@@ -17,8 +17,7 @@ from fp4check.config import ModelConfig
 ROLES = ("attn-linear", "expert", "shared", "mtp-linear", "mtp-expert", "bf16", "fp32", "int64")
 
 
-@dataclass(frozen=True)
-class FamilySpec:
+class FamilySpec(NamedTuple):
     name: str
     shape: tuple[int, ...]  # logical shape: [N, K] for linears (K = input features)
     role: str

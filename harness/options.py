@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from fp4check.cache import default_checkpoint
+
 from fp4check.checkpoint import Checkpoint
 from fp4check.reports.terminal import progress_bar, stderr_console
 
@@ -23,6 +23,8 @@ seed_option = click.option("--seed", type=int, default=0, show_default=True, hel
 def open_checkpoint(path: Path | None) -> Checkpoint:
     """Open --checkpoint, or the built-in tiny checkpoint (generated on first use, with a progress bar)."""
     if path is None:
+        from fp4check.cache import default_checkpoint  # the generator needs torch; an explicit path does not
+
         with progress_bar("generating the built-in tiny checkpoint") as update:
             path, made = default_checkpoint(progress=update)
         if made:

@@ -10,6 +10,7 @@ maximum; DeepSeek's code wins where the two disagree.
 from __future__ import annotations
 
 import torch
+
 from fp4check.references.e2m1 import E2M1_MAX, e2m1_decode, e2m1_encode, pack_e2m1, unpack_e2m1
 from fp4check.references.fp8 import e8m0_decode, pow2_scale
 

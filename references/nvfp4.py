@@ -34,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from fp4check.references.e2m1 import _MIDPOINTS, E2M1_MAX, e2m1_decode, e2m1_encode, pack_e2m1, unpack_e2m1
 from fp4check.references.fp8 import E4M3_MAX, E4M3_NAN_BYTE, e4m3_decode, e4m3_encode
 

@@ -50,6 +50,7 @@ def tiny_bf16(tmp_path_factory) -> Path:
 def run_cli(*args: str):
     """Invoke fp4check in-process; returns click's Result (exit_code, stdout, stderr)."""
     from click.testing import CliRunner
+
     from fp4check.cli import cli
 
     return CliRunner().invoke(cli, list(args), prog_name="fp4check", catch_exceptions=False)

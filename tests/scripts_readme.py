@@ -11,6 +11,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 def render_reference() -> str:
     from click.testing import CliRunner
+
     from fp4check.cli import cli
 
     parts = []

@@ -6,11 +6,12 @@ import shutil
 
 import pytest
 import torch
+from safetensors import safe_open
+
 from fp4check.checkpoint import FP8_BLOCK, MXFP4, NVFP4_CT, NVFP4_MODELOPT, Checkpoint
 from fp4check.errors import InputError
 from fp4check.layout import layer_of
 from fp4check.references.nvfp4 import DecodeScale, EncodeScale
-from safetensors import safe_open
 
 
 def test_reader_matches_the_safetensors_library(tiny_modelopt):

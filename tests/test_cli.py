@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 from conftest import run_cli
+
 from fp4check.checkpoint import Checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,6 +1,7 @@
 """config.json in DeepSeek's form and transformers' form map to one schedule (spec §1)."""
 
 import pytest
+
 from fp4check.config import parse_config
 from fp4check.errors import InputError
 from fp4check.synth.presets import preset_config

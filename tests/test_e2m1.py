@@ -4,9 +4,10 @@ import math
 
 import pytest
 import torch
-from fp4check.references.e2m1 import E2M1_VALUES, e2m1_decode, e2m1_encode, pack_e2m1, unpack_e2m1
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from fp4check.references.e2m1 import E2M1_VALUES, e2m1_decode, e2m1_encode, pack_e2m1, unpack_e2m1
 
 SPEC_INPUTS = [
     0,

@@ -4,6 +4,9 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fp4check.references.fp8 import (
     act_dequant_fp8,
     act_quant_fp8,
@@ -16,8 +19,6 @@ from fp4check.references.fp8 import (
     fp8_block_dequantize,
     fp8_block_quantize,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 def e4m3_closed_form(byte: int) -> float:

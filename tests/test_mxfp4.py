@@ -1,6 +1,7 @@
 import math
 
 import torch
+
 from fp4check.references.e2m1 import e2m1_decode, unpack_e2m1
 from fp4check.references.fp8 import e8m0_decode
 from fp4check.references.mxfp4 import mxfp4_dequantize, mxfp4_quantize

@@ -1,6 +1,7 @@
 """transformers' deepseek_v4 names <-> DeepSeek-native names."""
 
 import pytest
+
 from fp4check.config import parse_config
 from fp4check.layout import model_families
 from fp4check.names import fused_expert_name, to_native, to_transformers

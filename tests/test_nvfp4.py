@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from fp4check.references.e2m1 import e2m1_decode, unpack_e2m1
 from fp4check.references.fp8 import e4m3_decode
 from fp4check.references.nvfp4 import (

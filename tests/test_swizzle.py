@@ -2,9 +2,10 @@
 
 import pytest
 import torch
-from fp4check.references.swizzle import swizzle_128x4, swizzle_offset, swizzled_shape, unswizzle_128x4
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from fp4check.references.swizzle import swizzle_128x4, swizzle_offset, swizzled_shape, unswizzle_128x4
 
 
 @pytest.mark.parametrize("rows,cols", [(128, 4), (300, 7), (1, 1), (129, 5), (256, 448)])

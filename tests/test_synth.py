@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from fp4check.checkpoint import Checkpoint
 from fp4check.config import parse_config
 from fp4check.errors import InputError
@@ -156,3 +157,30 @@ def test_default_checkpoint_cached_and_regenerated(monkeypatch, tmp_path):
     again, made = cache.default_checkpoint()
     assert made and again == path
     assert json.loads((path / STAMP_FILE).read_text())["generator_version"] != -1
+
+
+@pytest.mark.parametrize("fmt", ["modelopt", "compressed-tensors", "deepseek", "bf16"])
+def test_stored_layout_describes_what_encode_writes(fmt):
+    """The data-free layout (used to build the Pro-size bench index) matches the encoder, dtype for dtype."""
+    from fp4check.safetensors_io import torch_dtype
+    from fp4check.synth.formats import encode, storage_of, stored_layout
+    from fp4check.synth.values import family_values
+
+    cfg = parse_config(preset_config("tiny"))
+    specs = model_families(cfg)
+    for name in (
+        "layers.1.ffn.experts.0.w1",
+        "layers.1.attn.wo_a",
+        "mtp.0.ffn.experts.2.w2",
+        "layers.0.ffn.gate.tid2eid",
+        "layers.1.attn.compressor.ape",
+        "layers.2.ffn.shared_experts.w2",
+        "embed",
+    ):
+        spec = specs[name]
+        storage = storage_of(spec, fmt)
+        members = encode(spec, family_values(spec, cfg, 0), storage, 1.0)
+        layout = stored_layout(spec, storage)
+        assert set(members) == set(layout), name
+        for m, t in members.items():
+            assert (t.dtype, tuple(t.shape)) == (torch_dtype(layout[m][0]), layout[m][1]), (name, m)

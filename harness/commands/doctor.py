@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 
 import click
-from fp4check.environment import gpus, versions
-from fp4check.kernels.registry import BUILTIN_BACKENDS
+from rich.table import Table
+
 from fp4check.options import json_option
 from fp4check.reports.terminal import stdout_console, styled
-from rich.table import Table
 
 
 def backend_status() -> list[dict]:
+    from fp4check.kernels.registry import BUILTIN_BACKENDS
+
     rows = []
     for b in BUILTIN_BACKENDS:
         reason = b.needs.unmet()
@@ -33,6 +34,8 @@ def backend_status() -> list[dict]:
 def doctor(as_json: bool) -> None:
     """Environment and backend availability: Python, torch, triton, nvidia-cutlass-dsl, CUDA and driver
     versions, GPU name and compute capability, and for each backend whether it can run here and why not."""
+    from fp4check.environment import gpus, versions
+
     data = {"versions": versions(), "gpus": gpus(), "backends": backend_status()}
     if as_json:
         click.echo(json.dumps(data, indent=2))

@@ -7,11 +7,12 @@ import re
 from collections import defaultdict
 
 import click
+from rich.table import Table
+
 from fp4check.checkpoint import FORMAT_NAMES, Checkpoint
 from fp4check.layout import layer_of
 from fp4check.options import checkpoint_option, json_option, open_checkpoint
 from fp4check.reports.terminal import stdout_console
-from rich.table import Table
 
 _INDEX = re.compile(r"(?<=\.)\d+(?=\.|$)")
 
@@ -43,24 +44,19 @@ def _merge_siblings(rows: list[dict]) -> list[dict]:
 def describe(ckpt: Checkpoint) -> dict:
     """Everything `info` shows, as plain data. Reads every shard header (not the tensor data)."""
     cfg = ckpt.config
-    ckpt.check_layout()
     groups: dict[tuple[str, str], dict] = defaultdict(lambda: {"families": 0, "tensors": 0, "bytes": 0})
     per_layer: dict[object, dict[str, set]] = defaultdict(lambda: defaultdict(set))
     total = 0
-    for fam in ckpt.families():
-        entries = ckpt.member_entries(fam)
-        fmt = ckpt.family_format(fam)
-        nbytes = sum(e.numel * e.torch_dtype.itemsize for e in entries.values())
+    for fam, entries, fmt, _shape in ckpt.survey():
+        nbytes = sum(e.nbytes for e in entries.values())
         g = groups[(family_pattern(fam), fmt)]
         g["families"] += 1
         g["tensors"] += len(entries)
         g["bytes"] += nbytes
         total += nbytes
-        layer = layer_of(fam)
-        if layer is not None:
-            part = "experts" if ".ffn.experts." in fam else ("attention" if ".attn.w" in fam else None)
-            if part:
-                per_layer[layer][part].add(fmt)
+        part = "experts" if ".ffn.experts." in fam else ("attention" if ".attn.w" in fam else None)
+        if part:
+            per_layer[layer_of(fam)][part].add(fmt)
     layers = [
         {
             "index": li.index,

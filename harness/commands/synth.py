@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 
 import click
+
 from fp4check.options import json_option, seed_option
 from fp4check.reports.terminal import progress_bar, stdout_console
-from fp4check.synth.defects import DEFECTS
-from fp4check.synth.formats import FORMATS
+from fp4check.synth.catalog import DEFECTS, FORMATS, NAMINGS
 from fp4check.synth.presets import PRESETS
-from fp4check.synth.writer import NAMINGS, synthesize
 
 _DEFECT_HELP = "; ".join(f"{k}: {v}" for k, v in DEFECTS.items())
 
@@ -55,6 +54,8 @@ _DEFECT_HELP = "; ".join(f"{k}: {v}" for k, v in DEFECTS.items())
 def synth(preset: str, fmt: str, out: Path, seed: int, defects: tuple[str, ...], names: str, as_json: bool) -> None:
     """Write a synthetic checkpoint: realistic heavy-tailed weights, calibrated input scales, sharded with
     an index like the releases. Same seed, identical bytes."""
+    from fp4check.synth.writer import synthesize
+
     with progress_bar(f"synth {preset} ({fmt})") as update:
         r = synthesize(out, preset, fmt, seed, defects, names, progress=update)
     if as_json:

@@ -15,19 +15,17 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
 from fp4check.layout import FamilySpec
 from fp4check.references.fp8 import fp8_block_quantize
 from fp4check.references.mxfp4 import mxfp4_quantize
 from fp4check.references.nvfp4 import (
-    DecodeScale,
-    EncodeScale,
     finite_amax,
     global_decode_scale,
     global_encode_scale,
     nvfp4_quantize,
 )
 
-FORMATS = ("modelopt", "compressed-tensors", "deepseek", "bf16")
 SYNTH_PRODUCER_VERSION = "synthetic"
 
 # role -> storage, per format
@@ -108,12 +106,33 @@ def encode(
     raise ValueError(f"unknown storage {storage!r}")
 
 
-# Members that carry the input (activation) scale and the global weight scale, per NVFP4 storage.
-GLOBAL_WEIGHT_SCALE = {
-    "nvfp4-modelopt": ("weight_scale_2", DecodeScale),
-    "nvfp4-ct": ("weight_global_scale", EncodeScale),
-}
-INPUT_SCALE = {"nvfp4-modelopt": ("input_scale", DecodeScale), "nvfp4-ct": ("input_global_scale", EncodeScale)}
+def stored_layout(spec: FamilySpec, storage: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{member: (safetensors dtype, shape)} that `encode` writes for a family, without computing values."""
+    shape = spec.shape
+    if storage in ("fp32", "int64"):
+        return {"": ("F32" if storage == "fp32" else "I64", shape)}
+    if storage == "bf16":
+        return {"weight": ("BF16", shape)}
+    n, k = shape
+    if storage == "fp8":
+        return {"weight": ("F8_E4M3", shape), "scale": ("F8_E8M0", (-(-n // 128), -(-k // 128)))}
+    if storage == "mxfp4":
+        return {"weight": ("I8", (n, k // 2)), "scale": ("F8_E8M0", (n, k // 32))}
+    if storage == "nvfp4-modelopt":
+        return {
+            "weight": ("U8", (n, k // 2)),
+            "weight_scale": ("F8_E4M3", (n, k // 16)),
+            "weight_scale_2": ("F32", ()),
+            "input_scale": ("F32", ()),
+        }
+    if storage == "nvfp4-ct":
+        return {
+            "weight_packed": ("U8", (n, k // 2)),
+            "weight_scale": ("F8_E4M3", (n, k // 16)),
+            "weight_global_scale": ("F32", (1,)),
+            "input_global_scale": ("F32", (1,)),
+        }
+    raise ValueError(f"unknown storage {storage!r}")
 
 
 def quantization_config(fmt: str, num_layers: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:

@@ -15,6 +15,7 @@ import math
 import zlib
 
 import torch
+
 from fp4check.config import ModelConfig
 from fp4check.layout import FamilySpec
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
+
 from fp4check import __version__
 from fp4check.config import parse_config
 from fp4check.errors import InputError
@@ -20,15 +22,14 @@ from fp4check.layout import FamilySpec, expert_of, layer_of, model_families
 from fp4check.names import fused_expert_name, to_transformers
 from fp4check.references.common import clamped_swiglu, rms_norm
 from fp4check.synth import defects as defect_mod
-from fp4check.synth.formats import FORMATS, encode, quantization_config, storage_of
+from fp4check.synth.catalog import FORMATS, NAMINGS
+from fp4check.synth.formats import encode, quantization_config, storage_of
 from fp4check.synth.presets import CALIBRATION_TOKENS, PRESETS, SHARD_BYTES, preset_config
 from fp4check.synth.values import family_values, generator
-from safetensors.torch import save_file
 
 # Bump when the bytes a preset produces change: the cached built-in checkpoint is then regenerated.
 GENERATOR_VERSION = 1
 STAMP_FILE = "fp4check-synth.json"
-NAMINGS = ("deepseek", "transformers")
 
 
 @dataclass
