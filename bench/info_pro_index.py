@@ -24,54 +24,14 @@ from fp4check.config import parse_config  # noqa: E402
 from fp4check.layout import model_families  # noqa: E402
 from fp4check.safetensors_io import DTYPES  # noqa: E402
 from fp4check.synth.formats import quantization_config, storage_of, stored_layout  # noqa: E402
+from fp4check.synth.presets import PRO_RELEASE  # noqa: E402
 
-PRO = {
-    "model_type": "deepseek_v4",
-    "hidden_size": 7168,
-    "num_hidden_layers": 61,
-    "num_attention_heads": 128,
-    "num_key_value_heads": 1,
-    "head_dim": 512,
-    "qk_rope_head_dim": 64,
-    "q_lora_rank": 1536,
-    "o_groups": 16,
-    "o_lora_rank": 1024,
-    "vocab_size": 129280,
-    "max_position_embeddings": 1048576,
-    "rope_theta": 10000,
-    "compress_rope_theta": 160000,
-    "rope_scaling": {
-        "type": "yarn",
-        "factor": 16,
-        "original_max_position_embeddings": 65536,
-        "beta_fast": 32,
-        "beta_slow": 1,
-    },
-    "sliding_window": 128,
-    "compress_ratios": [128, 128] + [4, 128] * 29 + [4] + [0],
-    "index_n_heads": 64,
-    "index_head_dim": 128,
-    "index_topk": 1024,
-    "n_routed_experts": 384,
-    "n_shared_experts": 1,
-    "num_experts_per_tok": 6,
-    "moe_intermediate_size": 3072,
-    "routed_scaling_factor": 2.5,
-    "scoring_func": "sqrtsoftplus",
-    "num_hash_layers": 3,
-    "swiglu_limit": 10.0,
-    "hc_mult": 4,
-    "hc_sinkhorn_iters": 20,
-    "hc_eps": 1e-6,
-    "rms_norm_eps": 1e-6,
-    "num_nextn_predict_layers": 1,
-}
 SHARDS = 64
 
 
 def build(root: Path, fmt: str) -> tuple[int, int]:
-    cfg_dict = dict(PRO)
-    qc, hf = quantization_config(fmt, PRO["num_hidden_layers"])
+    cfg_dict = {k: v for k, v in PRO_RELEASE.items() if k != "quantization_config"}
+    qc, hf = quantization_config(fmt, PRO_RELEASE["num_hidden_layers"])
     if qc:
         cfg_dict["quantization_config"] = qc
     cfg = parse_config(cfg_dict, hf)

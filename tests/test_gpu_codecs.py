@@ -35,7 +35,11 @@ def test_nvfp4_same_bytes_on_gpu(dtype, convention):
 
 def test_fp8_mxfp4_swizzle_same_on_gpu():
     x = _x()
-    for fn in (lambda t: act_quant_fp8(t, 128), lambda t: mxfp4_quantize(t), lambda t: fp8_block_quantize(t.nan_to_num())):
+    for fn in (
+        lambda t: act_quant_fp8(t, 128),
+        lambda t: mxfp4_quantize(t),
+        lambda t: fp8_block_quantize(t.nan_to_num()),
+    ):
         a, b = fn(x), fn(x.cuda())
         for u, v in zip(a, b, strict=True):
             assert torch.equal(u.view(torch.uint8), v.cpu().view(torch.uint8))

@@ -122,6 +122,34 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
+# DeepSeek-V4-Pro's config.json as released (spec §1): not a synthetic preset, the layout the
+# Pro-size benchmarks and config tests work from.
+PRO_RELEASE: dict[str, Any] = {
+    **_COMMON,
+    "hidden_size": 7168,
+    "num_hidden_layers": 61,
+    "num_attention_heads": 128,
+    "q_lora_rank": 1536,
+    "o_groups": 16,
+    "o_lora_rank": 1024,
+    "vocab_size": 129280,
+    "compress_ratios": [128, 128] + [4, 128] * 29 + [4] + [0],
+    "num_hash_layers": 3,
+    "index_n_heads": 64,
+    "index_head_dim": 128,
+    "index_topk": 1024,
+    "n_routed_experts": 384,
+    "moe_intermediate_size": 3072,
+    "routed_scaling_factor": 2.5,
+    "quantization_config": {
+        "quant_method": "fp8",
+        "fmt": "e4m3",
+        "activation_scheme": "dynamic",
+        "scale_fmt": "ue8m0",
+        "weight_block_size": [128, 128],
+    },
+}
+
 # Shard size like the releases' (a layer may span two shards and a shard may hold two layers).
 SHARD_BYTES = {"tiny": 1 << 20, "small": 32 << 20, "flash-layer": 2 << 30, "pro-layer": 2 << 30}
 # Tokens of the calibration batch that sets input scales.
