@@ -11,8 +11,10 @@ import sys
 import click
 
 from fp4check import __version__
+from fp4check.commands.checks import kernel, layer
 from fp4check.commands.doctor import doctor
 from fp4check.commands.info import info
+from fp4check.commands.report import report
 from fp4check.commands.synth import synth
 from fp4check.errors import InputError
 
@@ -60,6 +62,9 @@ def cli() -> None:
 cli.add_command(info)
 cli.add_command(synth)
 cli.add_command(doctor)
+cli.add_command(kernel)
+cli.add_command(layer)
+cli.add_command(report)
 
 
 def main() -> None:

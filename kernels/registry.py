@@ -67,3 +67,79 @@ BUILTIN_BACKENDS = (
         Needs(gpu=True, min_capability=(9, 0), modules=("cutlass",), packages=("nvidia-cutlass-dsl",)),
     ),
 )
+
+
+# --- finding backends ------------------------------------------------------------------------------
+
+ENTRY_POINT_GROUP = "fp4check.backends"
+_BUILTIN_IMPL = {
+    "reference": ("fp4check.kernels.reference", "ReferenceBackend"),
+    "emulated": ("fp4check.kernels.emulated", "EmulatedBackend"),
+}
+
+
+def provides(backend: object, op: str) -> bool:
+    return callable(getattr(backend, op, None))
+
+
+def backend_needs(backend: object) -> Needs:
+    needs = getattr(backend, "needs", None)
+    return needs if isinstance(needs, Needs) else Needs()
+
+
+def _instantiate(obj: object, spec: str) -> object:
+    import inspect
+
+    if inspect.isclass(obj) or (callable(obj) and not hasattr(obj, "name")):
+        obj = obj()
+    if not isinstance(getattr(obj, "name", None), str):
+        from fp4check.errors import InputError
+
+        raise InputError(f"backend {spec} has no `name` attribute: a backend is an object with a name, needs and ops")
+    return obj
+
+
+def load_backend(spec: str) -> object:
+    """A backend by built-in name, entry point name (group fp4check.backends), `package.module:attr` or
+    `path/to/file.py:attr`. attr may be a backend object, a class or a factory taking no arguments."""
+    import importlib
+    import importlib.metadata
+    import importlib.util
+    from pathlib import Path
+
+    from fp4check.errors import InputError
+
+    if spec in _BUILTIN_IMPL:
+        module, attr = _BUILTIN_IMPL[spec]
+        return _instantiate(getattr(importlib.import_module(module), attr), spec)
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == spec:
+            try:
+                return _instantiate(ep.load(), spec)
+            except (ImportError, AttributeError) as e:
+                raise InputError(f"backend entry point {spec} ({ep.value}) does not load: {e}") from None
+    planned = {b.name for b in BUILTIN_BACKENDS} - set(_BUILTIN_IMPL)
+    if spec in planned:
+        raise InputError(f"backend {spec} is planned but not in this version: use reference, emulated or a plugin")
+    if ":" not in spec:
+        known = ", ".join(sorted(_BUILTIN_IMPL))
+        raise InputError(f"unknown backend {spec!r}: use {known}, an entry point, module:attr or file.py:attr")
+    target, attr = spec.rsplit(":", 1)
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise InputError(f"backend file {path} does not exist")
+        mod_spec = importlib.util.spec_from_file_location(f"fp4check_plugin_{path.stem}", path)
+        module = importlib.util.module_from_spec(mod_spec)
+        try:
+            mod_spec.loader.exec_module(module)
+        except Exception as e:  # a plugin file that fails to import is bad input, reported in one line
+            raise InputError(f"backend file {path} fails to import: {type(e).__name__}: {e}") from None
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as e:
+            raise InputError(f"backend module {target} does not import: {e}") from None
+    if not hasattr(module, attr):
+        raise InputError(f"backend {spec}: {target} has no attribute {attr}")
+    return _instantiate(getattr(module, attr), spec)

@@ -1,0 +1,80 @@
+"""How far an output is from what it should be: the numbers of every result row.
+
+cosine, relative L2, max abs, SQNR (dB), NaN/Inf counts and amax on both sides, and for quantized
+tensors the fraction of equal e2m1 codes and scale bytes with the largest code distance. Conventions
+that make the gates honest: NaN anywhere in the output makes cosine and SQNR NaN (and NaN never passes
+a >= gate); an all-zero output against a non-zero reference has cosine 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _f64(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to(torch.float64).reshape(-1).cpu()
+
+
+def _amax_and_counts(t: torch.Tensor) -> tuple[float, int, int]:
+    """(max |finite element|, NaN count, Inf count), without copies when everything is finite."""
+    finite = torch.isfinite(t)
+    if bool(finite.all()):
+        lo, hi = torch.aminmax(t) if t.numel() else (torch.tensor(math.nan), torch.tensor(math.nan))
+        return max(abs(float(lo)), abs(float(hi))), 0, 0
+    nan = int(torch.isnan(t).sum())
+    inf = int((~finite).sum()) - nan
+    kept = t[finite]
+    return (float(kept.abs().max()) if kept.numel() else math.nan), nan, inf
+
+
+def compare(out: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
+    """Metrics of out against ref (same number of elements)."""
+    o, r = _f64(out), _f64(ref)
+    if o.numel() != r.numel():
+        raise ValueError(f"cannot compare {tuple(out.shape)} with {tuple(ref.shape)}")
+    amax_out, nan_out, inf_out = _amax_and_counts(o)
+    amax_ref, nan_ref, inf_ref = _amax_and_counts(r)
+    row = {"nan_out": nan_out, "inf_out": inf_out, "nan_ref": nan_ref, "inf_ref": inf_ref,
+           "amax_out": amax_out, "amax_ref": amax_ref}
+    if nan_out or inf_out or nan_ref or inf_ref:
+        return {**row, "cosine": math.nan, "rel_l2": math.nan, "max_abs": math.nan, "sqnr_db": math.nan}
+    err = o - r
+    norm = torch.linalg.vector_norm
+    no, nr, ne = float(norm(o)), float(norm(r)), float(norm(err))
+    if ne == 0:  # bit-identical: exactly 1 (the float64 dot product would round it)
+        cosine = 1.0 if nr > 0 or no == 0 else 0.0
+    elif no == 0 or nr == 0:
+        cosine = 0.0
+    else:
+        cosine = float(torch.dot(o, r)) / (no * nr)
+    rel = ne / nr if nr > 0 else (0.0 if ne == 0 else math.inf)
+    sqnr = math.inf if ne == 0 else (10 * math.log10(nr**2 / ne**2) if nr > 0 else -math.inf)
+    max_abs = float(err.abs().max()) if err.numel() else 0.0
+    return {**row, "cosine": cosine, "rel_l2": rel, "max_abs": max_abs, "sqnr_db": sqnr}
+
+
+def code_match(
+    codes_out: torch.Tensor, codes_ref: torch.Tensor, scales_out: torch.Tensor, scales_ref: torch.Tensor
+) -> dict[str, float]:
+    """Agreement of two NVFP4 encodings given as e2m1 codes and e4m3 scale bytes (same layout)."""
+    a, b = codes_out.reshape(-1).to(torch.int16), codes_ref.reshape(-1).to(torch.int16)
+    sa, sb = scales_out.reshape(-1).view(torch.uint8), scales_ref.reshape(-1).view(torch.uint8)
+    # signed distance on the ordered e2m1 grid: magnitude index with the sign applied
+    va = torch.where(a >= 8, -(a - 8), a)
+    vb = torch.where(b >= 8, -(b - 8), b)
+    return {
+        "code_match": float((a == b).float().mean()) if a.numel() else 1.0,
+        "scale_match": float((sa == sb).float().mean()) if sa.numel() else 1.0,
+        "max_code_distance": int((va - vb).abs().max()) if a.numel() else 0,
+    }
+
+
+def topk_overlap(ids_out: torch.Tensor, ids_ref: torch.Tensor) -> float:
+    """Fraction of (token, expert) picks the two routings share."""
+    t, k = ids_ref.shape
+    a = torch.sort(ids_out.reshape(t, -1), dim=1).values
+    b = torch.sort(ids_ref, dim=1).values
+    hits = sum(len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a, b, strict=True))
+    return hits / (t * k) if t * k else 1.0

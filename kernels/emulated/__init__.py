@@ -1,0 +1,20 @@
+"""The `emulated` backend: the exact NVFP4 MoE pipeline in plain torch (see moe.py)."""
+
+from __future__ import annotations
+
+from fp4check.kernels.emulated import moe as _moe
+from fp4check.kernels.emulated.shared import shared_expert as _shared_expert
+from fp4check.kernels.registry import Needs
+
+
+class EmulatedBackend:
+    name = "emulated"
+    needs = Needs()
+
+    router = staticmethod(_moe.router)
+    nvfp4_quantize = staticmethod(_moe.quantize_activation)
+    grouped_gemm_nvfp4 = staticmethod(_moe.grouped_gemm_nvfp4)
+    swiglu_clamp = staticmethod(_moe.swiglu_clamp)
+    moe_scatter = staticmethod(_moe.moe_scatter)
+    shared_expert = staticmethod(_shared_expert)
+    moe_forward = staticmethod(_moe.moe_forward)

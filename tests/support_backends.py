@@ -1,0 +1,98 @@
+"""Backends with known bugs, to prove that the gates bite (loaded by file path, as a user's plugin would be)."""
+
+import os
+import time
+
+import torch
+
+from fp4check.kernels.contract import MoEOutput
+from fp4check.kernels.emulated import EmulatedBackend
+from fp4check.kernels.emulated import moe as emu
+from fp4check.kernels.registry import Needs
+
+
+class NoClamp(EmulatedBackend):
+    """Seeds bug 25: plain silu(gate) * up, no swiglu_limit."""
+
+    name = "no-clamp"
+
+    @staticmethod
+    def swiglu_clamp(gate_up, limit):
+        return emu.swiglu_clamp(gate_up, None)
+
+
+class DropsTokens(EmulatedBackend):
+    """Seeds bug 22: each expert has room for 128 rows; the rest of its tokens are silently dropped."""
+
+    name = "drops-tokens"
+    shared_expert = None  # coarse runner only
+
+    @staticmethod
+    def moe_forward(x, w, token_ids, plan=None):
+        if plan is None:
+            ids, weights = emu.router(x, w, token_ids)
+            plan = emu.plan_routes(ids, weights, w.expert_start, w.n_local)
+        row_of = plan.row_of.clone()
+        start = plan.offsets[:-1][plan.local.clamp(min=0)]
+        row_of[(row_of - start >= 128) & (row_of >= 0)] = -1
+        token_of = torch.full_like(plan.token_of, -1)
+        live = row_of >= 0
+        token_of[row_of[live]] = live.nonzero()[:, 0]
+        broken = emu.RoutePlan(plan.ids, plan.weights, plan.local, plan.counts, plan.offsets, row_of, token_of)
+        out = emu.moe_forward(x, w, token_ids, broken)
+        out.stages["plan"] = broken
+        return out
+
+
+class SharedW1Scale(EmulatedBackend):
+    """Marlin-style: w3 dequantized with w1's global scale (spec §4.17)."""
+
+    name = "shared-w1-scale"
+
+    @staticmethod
+    def grouped_gemm_nvfp4(a, b, offsets):
+        g = b.global_scale.value
+        if g.dim() > 1 and g.shape[-1] == 2:
+            b = emu.GroupedNVFP4(b.packed, b.scales, type(b.global_scale)(g[:, :1].expand(-1, 2).contiguous()))
+        return emu.grouped_gemm_nvfp4(a, b, offsets)
+
+
+class ZeroGemm(EmulatedBackend):
+    name = "zero-gemm"
+
+    @staticmethod
+    def grouped_gemm_nvfp4(a, b, offsets):
+        return torch.zeros(a.rows, b.packed.shape[1], dtype=torch.bfloat16)
+
+
+class NanGemm(EmulatedBackend):
+    name = "nan-gemm"
+
+    @staticmethod
+    def grouped_gemm_nvfp4(a, b, offsets):
+        out = emu.grouped_gemm_nvfp4(a, b, offsets)
+        out[0, 0] = float("nan")
+        return out
+
+
+class NeedsGpu(EmulatedBackend):
+    name = "needs-gpu"
+    needs = Needs(gpu=True, min_capability=(10, 0))
+
+
+class AbortsAndHangs(EmulatedBackend):
+    """Kills its process in the grouped GEMM and hangs in the activation."""
+
+    name = "aborts-and-hangs"
+
+    @staticmethod
+    def grouped_gemm_nvfp4(a, b, offsets):
+        os.abort()
+
+    @staticmethod
+    def swiglu_clamp(gate_up, limit):
+        time.sleep(3600)
+
+
+def coarse_only(x, w, token_ids, plan=None) -> MoEOutput:
+    return emu.moe_forward(x, w, token_ids, plan)
