@@ -36,8 +36,14 @@ def compare(out: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
         raise ValueError(f"cannot compare {tuple(out.shape)} with {tuple(ref.shape)}")
     amax_out, nan_out, inf_out = _amax_and_counts(o)
     amax_ref, nan_ref, inf_ref = _amax_and_counts(r)
-    row = {"nan_out": nan_out, "inf_out": inf_out, "nan_ref": nan_ref, "inf_ref": inf_ref,
-           "amax_out": amax_out, "amax_ref": amax_ref}
+    row = {
+        "nan_out": nan_out,
+        "inf_out": inf_out,
+        "nan_ref": nan_ref,
+        "inf_ref": inf_ref,
+        "amax_out": amax_out,
+        "amax_ref": amax_ref,
+    }
     if nan_out or inf_out or nan_ref or inf_ref:
         return {**row, "cosine": math.nan, "rel_l2": math.nan, "max_abs": math.nan, "sqnr_db": math.nan}
     err = o - r

@@ -13,6 +13,8 @@ SUBPACKAGES = [
     "fp4check.commands",
     "fp4check.synth",
     "fp4check.kernels",
+    "fp4check.kernels.emulated",
+    "fp4check.kernels.reference",
     "fp4check.references",
     "fp4check.reports",
 ]
