@@ -68,29 +68,23 @@ def new_run_dir(out: Path | None) -> tuple[Path, str]:
     return path, run_id
 
 
-NUMERIC = (
-    "layer",
-    "tokens",
-    "seed",
-    "cosine",
-    "rel_l2",
-    "max_abs",
-    "sqnr_db",
-    "nan_out",
-    "inf_out",
-    "nan_ref",
-    "inf_ref",
-    "amax_out",
-    "amax_ref",
-    "code_match",
-    "scale_match",
-    "max_code_distance",
-    "overlap",
-    "value",
-    "threshold",
-    "seconds",
-    "peak_mem_bytes",
+TEXT = (
+    "run_id",
+    "check",
+    "stage",
+    "layer_type",
+    "backend",
+    "compared_to",
+    "propagation",
+    "scenario",
+    "shape",
+    "dtype",
+    "metric",
+    "status",
+    "message",
+    "act_scales",
 )
+NUMERIC = tuple(c for c in COLUMNS if c not in TEXT)
 
 
 def _clean(v):
@@ -126,7 +120,7 @@ class RunWriter:
         frame = pd.DataFrame(self.rows, columns=list(COLUMNS))
         for c in NUMERIC:
             frame[c] = pd.to_numeric(frame[c], errors="coerce").astype("float64")
-        for c in set(COLUMNS) - set(NUMERIC):
+        for c in TEXT:
             frame[c] = frame[c].astype("string")
         frame.to_csv(self.path / "results.csv", index=False)
         frame.to_parquet(self.path / "results.parquet", index=False)

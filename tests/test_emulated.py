@@ -109,3 +109,17 @@ def test_w1_and_w3_global_scales_are_kept_apart(tmp_path):
     mask = truth.plan.ids == 0
     cos = torch.nn.functional.cosine_similarity(got[mask].flatten(), ref[mask].flatten(), dim=0)
     assert cos > 0.98
+
+
+@given(
+    st.sampled_from(["natural", "uniform", "skewed", "empty-experts", "hash"]),
+    st.integers(1, 48),
+    st.integers(0, 1000),
+    st.sampled_from([1, 2, 3]),
+)
+@settings(max_examples=6, deadline=None)
+def test_emulated_matches_the_loop_on_random_cases(tiny_modelopt, scenario, tokens, seed, layer):
+    truth = prepare(Checkpoint(tiny_modelopt), MoECheck("t", PIPELINE, layer, scenario, tokens, seed=seed))
+    loop, _ = _per_token_loop(truth)
+    got = truth.emulated["combine"].double()
+    assert torch.allclose(got, loop, rtol=0.02, atol=0.02 * float(loop.abs().max()))

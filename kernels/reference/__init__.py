@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from fp4check.kernels.contract import MoEOutput, MoEWeights, RoutePlan
+from fp4check.kernels.emulated.moe import router
 from fp4check.kernels.registry import Needs
 from fp4check.references import moe as ref
 
@@ -37,7 +38,7 @@ class ReferenceBackend:
         x: torch.Tensor, w: MoEWeights, token_ids: torch.Tensor, plan: RoutePlan | None = None
     ) -> MoEOutput:
         if plan is None:
-            ids, weights = ReferenceBackend.router(x, w, token_ids)
+            ids, weights = router(x, w, token_ids)
         else:
             ids, weights = plan.ids, plan.weights
         routing = ref.Routing(None, None, ids, weights)
