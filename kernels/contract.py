@@ -1,9 +1,9 @@
 """The op contract between fp4check and a backend under test (versioned; see README "Plugin API").
 
 A backend is an object with `name`, `needs` (fp4check.kernels.registry.Needs) and any of the ops below as
-methods. fp4check checks what a backend provides and skips the rest with the reason. Tensors are on the
-device the backend is asked to run on (`device` argument of the harness); the layouts are the
-Blackwell NVFP4 kernels' own.
+methods. fp4check checks what a backend provides and skips the rest with the reason. The harness hands
+over CPU tensors today (a GPU backend moves what it needs; a --device option comes with the GPU
+backends); the layouts are the Blackwell NVFP4 kernels' own.
 
 Fine ops (the MoE pipeline of a CUTLASS/CuTeDSL NVFP4 runner):
 

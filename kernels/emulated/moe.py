@@ -1,4 +1,5 @@
-"""What a Blackwell NVFP4 MoE runner computes, in its own data layouts, in plain torch (CPU or GPU).
+"""What a Blackwell NVFP4 MoE runner computes, in its own data layouts, in plain device-agnostic torch
+(its codecs are checked byte for byte on CUDA; the harness runs it on the CPU today).
 
 route -> plan (rows sorted by expert, each expert padded to a multiple of 128 rows: no token is ever
 dropped or clamped, seeds bugs 14 and 22) -> NVFP4 quantization of x with the L1 activation global scale
