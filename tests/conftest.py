@@ -3,8 +3,14 @@ import warnings
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 warnings.filterwarnings("ignore")
+
+# CI runs the same examples every time (a failure there reproduces); local runs keep exploring.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -15,8 +15,8 @@ from fp4check.references.nvfp4 import nvfp4_quantize
 @given(st.integers(1, 300), st.integers(1, 4), st.integers(4, 24), st.integers(1, 4), st.integers(0, 10_000))
 @settings(max_examples=60, deadline=None)
 def test_plan_never_drops_and_pads_each_expert_to_128(t, k, n_experts, ep, seed):
-    k = min(k, n_experts)
     n_experts -= n_experts % ep
+    k = min(k, n_experts)
     g = torch.Generator().manual_seed(seed)
     ids = torch.stack([torch.randperm(n_experts, generator=g)[:k] for _ in range(t)])
     if seed % 3 == 0:
