@@ -12,9 +12,11 @@ import click
 
 from fp4check import __version__
 from fp4check.commands.checks import kernel, layer
+from fp4check.commands.compare import diff, history
 from fp4check.commands.doctor import doctor
 from fp4check.commands.info import info
 from fp4check.commands.report import report
+from fp4check.commands.run import run
 from fp4check.commands.synth import synth
 from fp4check.errors import InputError
 
@@ -65,6 +67,9 @@ cli.add_command(doctor)
 cli.add_command(kernel)
 cli.add_command(layer)
 cli.add_command(report)
+cli.add_command(run)
+cli.add_command(diff)
+cli.add_command(history)
 
 
 def main() -> None:

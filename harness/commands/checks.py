@@ -72,13 +72,14 @@ def check_options(f):
     return f
 
 
-def _run(ckpt, specs: list[dict], opts: dict) -> None:
+def _run(ckpt, specs: list[dict], opts: dict, title: str | None = None, extra_meta: dict | None = None) -> None:
     import json
 
     from fp4check.environment import gpus, versions
     from fp4check.reports.store import RunWriter, new_run_dir
     from fp4check.reports.table import render
     from fp4check.runner import run_checks
+    from fp4check.thresholds import Thresholds
 
     path, run_id = new_run_dir(opts["out"])
     meta = {
@@ -91,19 +92,41 @@ def _run(ckpt, specs: list[dict], opts: dict) -> None:
         "seed": opts["seed"],
         "backend": opts["backend"],
         "isolate": opts["isolate"],
+        "thresholds": Thresholds.load(opts["thresholds"], opts["config"]).table,
+        **(extra_meta or {}),
     }
     writer = RunWriter(path, run_id, meta)
     with progress_bar("checks") as update:
         rows = run_checks(specs, writer, opts["isolate"], opts["timeout"], progress=update)
     writer.finish()
     bad = [r for r in rows if r["status"] in ("fail", "error", "crash", "timeout")]
+    written = write_reports(path, opts.get("html"), opts.get("junit"))
     if opts["as_json"]:
         click.echo(json.dumps({"run_dir": str(path), "rows": rows}, default=str))
     else:
         con = stdout_console()
-        render(rows, con, title=f"{specs[0]['check']} - backend {opts['backend']}")
-        con.print(f"results: {path}")
+        render(rows, con, title=f"{title or specs[0]['check']} - backend {opts['backend']}")
+        con.print(f"results: {path}" + "".join(f"  {kind}: {p}" for kind, p in written))
     sys.exit(1 if bad else 0)
+
+
+def write_reports(run_dir: Path, html: Path | None, junit: Path | None) -> list[tuple[str, Path]]:
+    """Write the HTML and JUnit renderings of a results folder where asked; returns what was written."""
+    from fp4check.reports.html import render_html
+    from fp4check.reports.junit import render_junit
+    from fp4check.reports.store import read_run
+
+    if not html and not junit:
+        return []
+    meta, rows, complete = read_run(run_dir)
+    out = []
+    if html:
+        Path(html).write_text(render_html(meta, rows, complete))
+        out.append(("html", Path(html)))
+    if junit:
+        Path(junit).write_text(render_junit(meta, rows))
+        out.append(("junit", Path(junit)))
+    return out
 
 
 def _git_sha() -> str | None:
