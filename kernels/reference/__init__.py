@@ -18,20 +18,7 @@ class ReferenceBackend:
     name = "reference"
     needs = Needs()
 
-    @staticmethod
-    def router(x, w: MoEWeights, token_ids, forced_ids=None):
-        r = ref.route(
-            x,
-            w.gate,
-            w.topk,
-            w.routed_scaling_factor,
-            bias=w.bias,
-            tid2eid=w.tid2eid,
-            token_ids=token_ids,
-            scoring_func=w.scoring_func,
-            forced_ids=forced_ids,
-        )
-        return r.ids, r.weights
+    router = staticmethod(router)  # routing is float32 math in every backend: one function
 
     @staticmethod
     def moe_forward(
