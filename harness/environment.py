@@ -55,9 +55,16 @@ def gpus() -> list[dict]:
     return out
 
 
+def _contract_version() -> str:
+    from fp4check.kernels.contract import CONTRACT_VERSION
+
+    return CONTRACT_VERSION
+
+
 def versions() -> dict[str, str | None]:
     return {
         "fp4check": __version__,
+        "op contract": _contract_version(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda (torch build)": torch.version.cuda,

@@ -13,18 +13,14 @@ from typing import NamedTuple
 
 from fp4check.config import ModelConfig
 
-# role -> how the release stores it: "linear" weights are quantized per format, the rest never are.
-ROLES = ("attn-linear", "expert", "shared", "mtp-linear", "mtp-expert", "bf16", "fp32", "int64")
+# Roles: "attn-linear", "expert", "shared", "mtp-linear", "mtp-expert" are linear weights that a format may
+# quantize (harness/synth/formats.py says how); "bf16", "fp32", "int64" are stored as they are.
 
 
 class FamilySpec(NamedTuple):
     name: str
     shape: tuple[int, ...]  # logical shape: [N, K] for linears (K = input features)
     role: str
-
-    @property
-    def is_linear(self) -> bool:
-        return self.role in ("attn-linear", "expert", "shared", "mtp-linear", "mtp-expert")
 
 
 _LAYER_RE = re.compile(r"^(?:layers\.(\d+)|mtp\.(\d+))\.")
