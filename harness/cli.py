@@ -17,6 +17,7 @@ from fp4check.commands.doctor import doctor
 from fp4check.commands.info import info
 from fp4check.commands.report import report
 from fp4check.commands.run import run
+from fp4check.commands.selftest import selftest
 from fp4check.commands.synth import synth
 from fp4check.errors import InputError
 
@@ -70,6 +71,7 @@ cli.add_command(report)
 cli.add_command(run)
 cli.add_command(diff)
 cli.add_command(history)
+cli.add_command(selftest)
 
 
 def main() -> None:

@@ -77,10 +77,25 @@ def code_match(
     }
 
 
-def topk_overlap(ids_out: torch.Tensor, ids_ref: torch.Tensor) -> float:
-    """Fraction of (token, expert) picks the two routings share."""
+def routing_agreement(
+    ids_out: torch.Tensor,
+    weights_out: torch.Tensor,
+    ids_ref: torch.Tensor,
+    weights_ref: torch.Tensor,
+    rtol: float = 1e-3,
+) -> float:
+    """Fraction of (token, expert) picks that both routings make with the same weight (within rtol).
+
+    Catches a different selection (the expert set) and a different weighting (biased scores used as
+    weights, a missing routed_scaling_factor) with one number.
+    """
     t, k = ids_ref.shape
-    a = torch.sort(ids_out.reshape(t, -1), dim=1).values
-    b = torch.sort(ids_ref, dim=1).values
-    hits = sum(len(set(x.tolist()) & set(y.tolist())) for x, y in zip(a, b, strict=True))
-    return hits / (t * k) if t * k else 1.0
+    if t * k == 0:
+        return 1.0
+    n = int(max(int(ids_out.max()), int(ids_ref.max()))) + 1
+    dense_out = torch.zeros(t, n, dtype=torch.float64).scatter_(1, ids_out.long(), weights_out.double())
+    dense_ref = torch.zeros(t, n, dtype=torch.float64).scatter_(1, ids_ref.long(), weights_ref.double())
+    picked_ref = torch.zeros(t, n, dtype=torch.bool).scatter_(1, ids_ref.long(), True)
+    picked_out = torch.zeros(t, n, dtype=torch.bool).scatter_(1, ids_out.long(), True)
+    close = (dense_out - dense_ref).abs() <= rtol * dense_ref.abs()
+    return float((picked_ref & picked_out & close).sum()) / (t * k)

@@ -20,7 +20,7 @@ from fp4check.kernels.contract import NVFP4Activation, RoutePlan
 from fp4check.kernels.emulated import moe as emu
 from fp4check.kernels.emulated.shared import shared_expert as emu_shared
 from fp4check.kernels.registry import backend_needs, provides
-from fp4check.metrics import code_match, compare, topk_overlap
+from fp4check.metrics import code_match, compare, routing_agreement
 from fp4check.moe_weights import load_moe_weights, set_activation_scales
 from fp4check.references import moe as ref
 from fp4check.references.e2m1 import unpack_e2m1
@@ -154,7 +154,7 @@ def _compare_stage(stage: str, got, got_plan: RoutePlan | None, truth: _Truth, a
         rids, rweights = want["route"]
         p, rp = _canonical(ids), _canonical(rids)
         m = compare(weights.gather(1, p), rweights.gather(1, rp))
-        m["overlap"] = topk_overlap(ids, rids)
+        m["overlap"] = routing_agreement(ids, weights, rids, rweights)
         return m
     if stage in ("quant_l1", "quant_l2"):
         if got_plan is None:

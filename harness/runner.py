@@ -30,7 +30,7 @@ def execute(spec: dict) -> list[dict]:
     from fp4check.thresholds import Thresholds
 
     ckpt = Checkpoint(spec["checkpoint"])
-    backend = load_backend(spec["backend"])
+    backend = load_backend(spec["backend"], spec.get("inject") or ())
     thresholds = Thresholds.load(
         tuple(spec.get("thresholds", ())), Path(spec["config"]) if spec.get("config") else None
     )

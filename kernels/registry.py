@@ -99,9 +99,10 @@ def _instantiate(obj: object, spec: str) -> object:
     return obj
 
 
-def load_backend(spec: str) -> object:
+def load_backend(spec: str, inject: list[str] | tuple[str, ...] = ()) -> object:
     """A backend by built-in name, entry point name (group fp4check.backends), `package.module:attr` or
-    `path/to/file.py:attr`. attr may be a backend object, a class or a factory taking no arguments."""
+    `path/to/file.py:attr`. attr may be a backend object, a class or a factory taking no arguments.
+    `inject` switches faults on in the emulated backend (kernels/emulated/faults.py)."""
     import importlib
     import importlib.metadata
     import importlib.util
@@ -109,6 +110,12 @@ def load_backend(spec: str) -> object:
 
     from fp4check.errors import InputError
 
+    if inject:
+        if spec != "emulated":
+            raise InputError(f"--inject works on the emulated backend, not on {spec}")
+        from fp4check.kernels.emulated.faults import FaultyEmulated
+
+        return FaultyEmulated(list(inject))
     if spec in _BUILTIN_IMPL:
         module, attr = _BUILTIN_IMPL[spec]
         return _instantiate(getattr(importlib.import_module(module), attr), spec)

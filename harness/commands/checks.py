@@ -63,6 +63,12 @@ def check_options(f):
                 default=None,
                 help="Results folder (default fp4check-runs/<time>-<id>/).",
             ),
+            click.option(
+                "--inject",
+                default="",
+                metavar="FAULT[,FAULT]",
+                help="Switch known bugs on in the emulated backend (see fp4check selftest).",
+            ),
             click.option("--isolate", is_flag=True, help="Run each check in its own subprocess (crashes become rows)."),
             click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds per isolated check."),
             json_option,
@@ -129,6 +135,10 @@ def write_reports(run_dir: Path, html: Path | None, junit: Path | None) -> list[
     return out
 
 
+def _faults(opts: dict) -> list[str]:
+    return [f.strip() for f in (opts.get("inject") or "").split(",") if f.strip()]
+
+
 def _git_sha() -> str | None:
     import subprocess
 
@@ -156,6 +166,7 @@ def _spec(ckpt, check: str, stages, layer: int, opts: dict, propagated: bool) ->
         "checkpoint": str(ckpt.path),
         "thresholds": list(opts["thresholds"]),
         "config": str(opts["config"]) if opts["config"] else None,
+        "inject": _faults(opts),
     }
 
 
@@ -166,7 +177,7 @@ def _prepare(opts: dict, layer: int | None, layer_type: str | None):
     from fp4check.thresholds import Thresholds
 
     ckpt = open_checkpoint(opts["checkpoint"])
-    load_backend(opts["backend"])  # bad backend specs fail here, before any folder is made
+    load_backend(opts["backend"], _faults(opts))  # bad backend specs fail here, before any folder is made
     Thresholds.load(opts["thresholds"], opts["config"])
     if opts["tokens"] < 1 or opts["tokens"] > 65536:
         raise InputError(f"--tokens {opts['tokens']} is out of range (1..65536)")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fp4check.commands.checks import _prepare, _run, check_options
+from fp4check.commands.checks import _faults, _prepare, _run, check_options
 
 
 @click.command()
@@ -37,6 +37,7 @@ def run(suite: str, html: Path | None, junit: Path | None, **opts) -> None:
         "checkpoint": str(ckpt.path),
         "thresholds": list(opts["thresholds"]),
         "config": str(opts["config"]) if opts["config"] else None,
+        "inject": _faults(opts),
     }
     specs = [{**base, **c} for c in suite_checks(suite, ckpt, opts["tokens"])]
     opts.update(html=html, junit=junit)

@@ -18,3 +18,4 @@ class EmulatedBackend:
     moe_scatter = staticmethod(_moe.moe_scatter)
     shared_expert = staticmethod(_shared_expert)
     moe_forward = staticmethod(_moe.moe_forward)
+    plan_routes = staticmethod(_moe.plan_routes)

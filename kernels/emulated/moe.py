@@ -152,18 +152,22 @@ nvfp4_quantize = quantize_activation  # the contract's op name, so this module s
 
 
 def moe_forward(
-    x: torch.Tensor, w: MoEWeights, token_ids: torch.Tensor, plan: RoutePlan | None = None, shared=None
+    x: torch.Tensor, w: MoEWeights, token_ids: torch.Tensor, plan: RoutePlan | None = None, ops=None
 ) -> MoEOutput:
-    """The whole block; `shared` computes the shared expert (default: kernels.emulated.shared)."""
+    """The whole block through `ops` (an object with router, plan_routes, the fine ops and shared_expert;
+    default: this module's)."""
+    import sys
+
     from fp4check.kernels.emulated.shared import shared_expert
 
+    ops = ops or sys.modules[__name__]
     if plan is None:
-        ids, weights = router(x, w, token_ids)
-        plan = plan_routes(ids, weights, w.expert_start, w.n_local)
-    stages = moe_routed(x, w, plan)
+        ids, weights = ops.router(x, w, token_ids)
+        plan = ops.plan_routes(ids, weights, w.expert_start, w.n_local)
+    stages = moe_routed(x, w, plan, ops=ops)
     for name in ("l1", "act", "l2"):  # the contract compares these per routing slot
         stages[name] = per_slot(stages[name], plan)
-    sh = (shared or shared_expert)(x, w)
+    sh = getattr(ops, "shared_expert", shared_expert)(x, w)
     stages["route"] = (plan.ids, plan.weights)
     stages["shared"] = sh
     stages["plan"] = plan

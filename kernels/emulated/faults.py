@@ -1,0 +1,185 @@
+"""Fault injection: the emulated backend with one or more known bugs switched on (`--inject NAME[,NAME]`).
+
+Each fault reproduces a bug class of the seed log (shared/seeds/002...) or of the spec's known bugs
+(shared/spec/deepseek_v4.md §4) on the MoE path; `fp4check selftest` runs every fault through the checks
+and shows which stage catches it. Faults that live in a runner's plumbing (its row plan, its scale
+assembly) act in the backend's own pipeline, so they show in propagated rows; faults in an op show in
+isolated rows too.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fp4check.kernels.contract import GroupedNVFP4, MoEOutput, NVFP4Activation, RoutePlan
+from fp4check.kernels.emulated import EmulatedBackend
+from fp4check.kernels.emulated import moe as emu
+from fp4check.references.e2m1 import pack_e2m1, unpack_e2m1
+from fp4check.references.nvfp4 import NVFP4_BLOCK, DecodeScale
+from fp4check.references.swizzle import swizzle_128x4, unswizzle_128x4
+
+# name -> (what it does, the bug it models, the scenario that exposes it)
+FAULTS: dict[str, tuple[str, str, str]] = {
+    "no-swiglu-clamp": ("silu(gate) * up without swiglu_limit", "seeds 002 bug 25", "natural"),
+    "searchsorted-boundary": (
+        "the first row of each expert is computed with the previous expert's weights (searchsorted right=False)",
+        "seeds 002 bug 2",
+        "uniform",
+    ),
+    "drop-tokens-past-128": (
+        "an expert keeps 128 rows; the rest of its tokens are dropped",
+        "seeds 002 bug 22",
+        "skewed",
+    ),
+    "fixed-128-scale-slots": (
+        "activation scales assembled at e*128 while the GEMM reads them at the real padded offsets",
+        "seeds 002 bug 14",
+        "skewed",
+    ),
+    "offsets-leading-zero": (
+        "expert offsets passed with the leading 0: each segment gets the next expert's weights",
+        "seeds 002 bug 4",
+        "natural",
+    ),
+    "global-ids-as-local": (
+        "global expert ids used as local ones on an expert-parallel rank",
+        "seeds 002 bugs 8, 13",
+        "ep-rank-1",
+    ),
+    "shared-l1-l2-scale": ("one activation global scale for L1 and L2", "seeds 002 bugs 6-7", "natural"),
+    "global-swizzle": (
+        "scales swizzled over the compact (unpadded) rows, read at padded offsets",
+        "seeds 002 bug 1",
+        "natural",
+    ),
+    "tiny-input-scale": (
+        "input scale 3977x too small and block scales cast without saturation (NaN past 448, torch 2.11's cast)",
+        "seeds 004",
+        "natural",
+    ),
+    "nibble-swap": ("element 2i packed in the high nibble", "spec nvfp4 §1.7", "natural"),
+    "biased-routing-weights": ("router weights from score + bias instead of the score", "spec §4.5", "natural"),
+    "no-routed-scaling": ("routing weights not multiplied by routed_scaling_factor", "spec §4.6", "natural"),
+}
+TINY_INPUT_SCALE_FACTOR = 3977.6
+
+
+class FaultyEmulated(EmulatedBackend):
+    """The emulated backend with faults switched on."""
+
+    def __init__(self, faults: list[str]):
+        unknown = [f for f in faults if f not in FAULTS]
+        if unknown:
+            from fp4check.errors import InputError
+
+            raise InputError(f"unknown fault {unknown[0]!r}: use one of {', '.join(FAULTS)}")
+        self.faults = set(faults)
+        self.name = "emulated+" + ",".join(sorted(faults))
+        self._plan: RoutePlan | None = None
+
+    # --- routing and plan --------------------------------------------------------------------------
+
+    def router(self, x, w, token_ids, forced_ids=None):
+        ids, weights = emu.router(x, w, token_ids, forced_ids)
+        if {"biased-routing-weights", "no-routed-scaling"} & self.faults:
+            from fp4check.references.moe import router_scores
+
+            _, scores = router_scores(x, w.gate, w.scoring_func)
+            picked = scores.gather(1, ids)
+            if "biased-routing-weights" in self.faults and w.bias is not None:
+                picked = picked + w.bias[ids]
+            scale = 1.0 if "no-routed-scaling" in self.faults else w.routed_scaling_factor
+            weights = picked / picked.sum(-1, keepdim=True) * scale
+        return ids, weights
+
+    def plan_routes(self, ids, weights, start, n_local):
+        if "global-ids-as-local" in self.faults:
+            start = 0
+        plan = emu.plan_routes(ids, weights, start, n_local)
+        if "drop-tokens-past-128" in self.faults:
+            row_of = plan.row_of.clone()
+            first = plan.offsets[:-1][plan.local.clamp(min=0)]
+            row_of[(row_of - first >= 128) & (row_of >= 0)] = -1
+            token_of = torch.full_like(plan.token_of, -1)
+            live = row_of >= 0
+            token_of[row_of[live]] = live.nonzero()[:, 0]
+            plan = RoutePlan(plan.ids, plan.weights, plan.local, plan.counts, plan.offsets, row_of, token_of)
+        return plan
+
+    # --- fine ops ------------------------------------------------------------------------------------
+
+    def nvfp4_quantize(self, x, global_scale):
+        a = emu.quantize_activation(x, global_scale)
+        plan, rows, cols = self._plan, a.rows, a.cols // NVFP4_BLOCK
+        if "nibble-swap" in self.faults:
+            codes = unpack_e2m1(a.packed)
+            a.packed = pack_e2m1(torch.stack([codes[:, 1::2], codes[:, 0::2]], -1).reshape(codes.shape))
+        if "tiny-input-scale" in self.faults:
+            # the unclamped cast of torch 2.11: block scales past 448 become the NaN code
+            enc = global_scale.value * TINY_INPUT_SCALE_FACTOR
+            amax_b = x.float().abs().view(rows, cols, NVFP4_BLOCK).amax(-1)
+            over = (amax_b / 6.0) * enc > 464.0
+            lin = unswizzle_128x4(a.scales, rows, cols).view(torch.uint8).clone()
+            lin[over] = 0x7F
+            a.scales = swizzle_128x4(lin.view(torch.float8_e4m3fn))
+        if plan is not None and rows == plan.rows and {"fixed-128-scale-slots", "global-swizzle"} & self.faults:
+            lin = unswizzle_128x4(a.scales, rows, cols)
+            live = plan.token_of >= 0
+            wrong = torch.zeros_like(lin.view(torch.uint8))
+            if "fixed-128-scale-slots" in self.faults:
+                expert_of_row = torch.searchsorted(plan.offsets[1:], torch.arange(rows), right=True)
+                pos = torch.arange(rows) - plan.offsets[expert_of_row]
+                keep = live & (pos < 128)
+                slot = expert_of_row[keep] * 128 + pos[keep]
+                ok = slot < rows
+                wrong[slot[ok]] = lin.view(torch.uint8)[keep][ok]
+            else:  # compact rows in expert order, then read as if they were padded
+                compact = lin.view(torch.uint8)[live]
+                wrong[: compact.shape[0]] = compact
+            a.scales = swizzle_128x4(wrong.view(torch.float8_e4m3fn))
+        return a
+
+    def grouped_gemm_nvfp4(self, a: NVFP4Activation, b: GroupedNVFP4, offsets):
+        if "searchsorted-boundary" in self.faults:
+            out = torch.zeros(a.rows, b.packed.shape[1], dtype=torch.bfloat16)
+            expert = torch.searchsorted(offsets[1:], torch.arange(a.rows), right=False).clamp(max=len(offsets) - 2)
+            for e in expert.unique().tolist():
+                rows = (expert == e).nonzero()[:, 0]
+                seg = emu.GroupedNVFP4(
+                    b.packed[e : e + 1], b.scales[e : e + 1], DecodeScale(b.global_scale.value[e : e + 1])
+                )
+                sub = NVFP4Activation(
+                    a.packed[rows],
+                    swizzle_128x4(unswizzle_128x4(a.scales, a.rows, a.cols // NVFP4_BLOCK)[rows]),
+                    a.global_scale,
+                    len(rows),
+                    a.cols,
+                )
+                out[rows] = emu.grouped_gemm_nvfp4(sub, seg, torch.tensor([0, len(rows)]))
+            return out
+        if "offsets-leading-zero" in self.faults:
+            shifted = torch.cat([offsets[:1], offsets[:-1]])  # segment e is [off[e-1], off[e]): one expert early
+            return emu.grouped_gemm_nvfp4(a, b, shifted)
+        return emu.grouped_gemm_nvfp4(a, b, offsets)
+
+    def swiglu_clamp(self, gate_up, limit):
+        return emu.swiglu_clamp(gate_up, None if "no-swiglu-clamp" in self.faults else limit)
+
+    # --- the whole block -----------------------------------------------------------------------------
+
+    def moe_forward(self, x, w, token_ids, plan=None) -> MoEOutput:
+        import copy
+
+        w2 = copy.copy(w)
+        if "shared-l1-l2-scale" in self.faults:
+            w2.input_scale_l2 = w.input_scale_l1
+        if plan is None:
+            ids, weights = self.router(x, w, token_ids)
+            plan = self.plan_routes(ids, weights, w.expert_start, w.n_local)
+        elif {"global-ids-as-local", "drop-tokens-past-128"} & self.faults:
+            plan = self.plan_routes(plan.ids, plan.weights, w.expert_start, w.n_local)
+        self._plan = plan
+        try:
+            return emu.moe_forward(x, w2, token_ids, plan, ops=self)
+        finally:
+            self._plan = None
