@@ -11,6 +11,7 @@ import sys
 import click
 
 from fp4check import __version__
+from fp4check.commands.audit import audit
 from fp4check.commands.checks import kernel, layer
 from fp4check.commands.compare import diff, history
 from fp4check.commands.doctor import doctor
@@ -72,6 +73,7 @@ cli.add_command(run)
 cli.add_command(diff)
 cli.add_command(history)
 cli.add_command(selftest)
+cli.add_command(audit)
 
 
 def main() -> None:

@@ -59,6 +59,12 @@ def parse_defect(text: str, families: set[str]) -> Defect:
     return Defect(name, family)
 
 
+def acts_before_encoding(defect: Defect, storage: str) -> bool:
+    """nan-weight goes into the float values only where the format cannot store a NaN element (NVFP4,
+    MXFP4: the codec turns it into that block's NaN scale); BF16 and FP8 store it as written."""
+    return defect.name != "nan-weight" or storage not in ("bf16", "fp8")
+
+
 def apply_pre_encode(defect: Defect, values: torch.Tensor) -> tuple[torch.Tensor, float | None]:
     """(values, global amax override) for the defects that act before encoding."""
     if defect.name == "nan-weight":
@@ -95,7 +101,9 @@ def apply_post_encode(defect: Defect, storage: str, members: dict[str, torch.Ten
             raw = m["weight"].view(torch.uint8).clone()
             raw[0, 0] = E4M3_NAN_BYTE
             m["weight"] = raw.view(torch.float8_e4m3fn)
-    elif defect.name not in PRE_ENCODE or (defect.name == "w1-w3-scale-mismatch" and not nvfp4):
+    elif (defect.name not in PRE_ENCODE or (defect.name == "w1-w3-scale-mismatch" and not nvfp4)) and not (
+        defect.name == "nan-weight"
+    ):
         raise InputError(
             f"defect {defect.name} does not apply to {defect.family}, stored as {storage} in this format: "
             "pick an NVFP4 family (e.g. a routed expert in --format modelopt)"

@@ -149,7 +149,7 @@ def _stream(
             storage = storage_of(s, fmt)
             d = defects.get(s.name)
             global_amax = None
-            if d is not None and d.name in defect_mod.PRE_ENCODE:
+            if d is not None and d.name in defect_mod.PRE_ENCODE and defect_mod.acts_before_encoding(d, storage):
                 if d.name == "w1-w3-scale-mismatch" and not storage.startswith("nvfp4"):
                     raise InputError(
                         f"w1-w3-scale-mismatch needs NVFP4 weights; {s.name} is stored as {storage} in format {fmt}"
