@@ -20,6 +20,7 @@ from fp4check.commands.report import report
 from fp4check.commands.run import run
 from fp4check.commands.selftest import selftest
 from fp4check.commands.synth import synth
+from fp4check.commands.trace import nan_trace
 from fp4check.errors import InputError
 
 EXIT_INPUT_ERROR = 2
@@ -74,6 +75,7 @@ cli.add_command(diff)
 cli.add_command(history)
 cli.add_command(selftest)
 cli.add_command(audit)
+cli.add_command(nan_trace)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ BAD = ("fail", "error", "crash", "timeout")
 
 def selftest_specs(base: dict, layer: int, hash_layer: int | None, tokens: int) -> list[tuple[str, dict]]:
     """(fault, check spec) pairs: each fault on the scenario that exposes it, and the clean runs."""
-    from fp4check.kernels.emulated.faults import FAULTS
+    from fp4check.kernels.emulated.faults import FAULTS, NEEDS_A_DEFECT
 
     def spec(fault: str | None, scenario: str, ep_size: int = 1, ep_rank: int = 0, at: int = layer) -> dict:
         name = fault or "clean"
@@ -37,6 +37,8 @@ def selftest_specs(base: dict, layer: int, hash_layer: int | None, tokens: int) 
     if hash_layer is not None:
         out.append((CLEAN, spec(None, "hash", at=hash_layer)))
     for fault, (_, _, scenario) in FAULTS.items():
+        if fault in NEEDS_A_DEFECT:
+            continue
         if scenario == "ep-rank-1":
             out.append((fault, spec(fault, "natural", 2, 1)))
         else:

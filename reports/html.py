@@ -245,7 +245,17 @@ def _gates(meta: dict) -> str:
     return f"<table><tr><th>gate</th><th>metric</th><th>minimum</th></tr>{rows}</table>"
 
 
-def render_html(meta: dict, rows: list[dict], complete: bool, title: str | None = None) -> str:
+def trace_section(trace: dict | None) -> str:
+    if not trace:
+        return ""
+    tree = "\n".join(trace.get("tree") or [])
+    body = f"<pre id='trace-tree'>{_esc(tree)}</pre>" if tree else ""
+    return f"<h2>nan-trace</h2><p id='trace-cause'><b>{_esc(trace.get('cause'))}</b></p>{body}"
+
+
+def render_html(
+    meta: dict, rows: list[dict], complete: bool, title: str | None = None, trace: dict | None = None
+) -> str:
     title = title or f"fp4check report {meta.get('run_id', '')}".strip()
     c = counts(rows)
     badges = "".join(
@@ -260,6 +270,7 @@ def render_html(meta: dict, rows: list[dict], complete: bool, title: str | None 
         partial,
         _meta_table(meta, complete),
         f'<h2>Summary</h2><p id="summary">{badges} &middot; {len(rows)} rows</p>',
+        trace_section(trace),
         "<h2>Worst stages first</h2>",
         _rows_table(worst, "worst"),
         "<h2>Cosine vs reference, layer x stage</h2>",

@@ -93,7 +93,7 @@ def test_broken_backends_fail_the_right_stage(tiny_modelopt, spec, failing, pass
     assert r.exit_code == 1
     rows = _rows(r)["rows"]
     assert "fail" in _status(rows, failing, "emulated")
-    assert _status(rows, passing, "emulated") <= {"pass", "skip"}
+    assert _status(rows, passing, "emulated", "isolated") <= {"pass", "skip"}  # upstream of the bug, in isolation
     if spec in ("ZeroGemm", "NanGemm"):  # an all-zero or NaN output fails every comparison
         assert _status(rows, "l1", "reference", "isolated") == {"fail"}
 

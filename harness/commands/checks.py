@@ -118,6 +118,8 @@ def _run(ckpt, specs: list[dict], opts: dict, title: str | None = None, extra_me
 
 def write_reports(run_dir: Path, html: Path | None, junit: Path | None) -> list[tuple[str, Path]]:
     """Write the HTML and JUnit renderings of a results folder where asked; returns what was written."""
+    import json
+
     from fp4check.reports.html import render_html
     from fp4check.reports.junit import render_junit
     from fp4check.reports.store import read_run
@@ -125,9 +127,11 @@ def write_reports(run_dir: Path, html: Path | None, junit: Path | None) -> list[
     if not html and not junit:
         return []
     meta, rows, complete = read_run(run_dir)
+    trace_file = Path(run_dir) / "trace.json"
+    trace = json.loads(trace_file.read_text()) if trace_file.is_file() else None
     out = []
     if html:
-        Path(html).write_text(render_html(meta, rows, complete))
+        Path(html).write_text(render_html(meta, rows, complete, trace=trace))
         out.append(("html", Path(html)))
     if junit:
         Path(junit).write_text(render_junit(meta, rows))

@@ -2,6 +2,8 @@
 
 WHERE names one tensor family: `L2.E3.w1` (routed expert 3 of layer 2), `L2.shared.w2`, `L1.wq_a`
 (attention projection), `L1.indexer.wq_b`, or a full native family name (`layers.2.ffn.experts.3.w1`).
+`L2.E*.w1` names that projection of every routed expert of the layer (a runtime that reduces per-expert
+input scales to their max only feels an input-scale defect when every expert has it).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ W1_W3_MISMATCH_FACTOR = 16.0
 PRE_ENCODE = ("nan-weight", "w1-w3-scale-mismatch")
 
 _SHORTHAND = (
-    (re.compile(r"^L(\d+)\.E(\d+)\.(w[123])$"), "layers.{0}.ffn.experts.{1}.{2}"),
+    (re.compile(r"^L(\d+)\.E(\d+|\*)\.(w[123])$"), "layers.{0}.ffn.experts.{1}.{2}"),
     (re.compile(r"^L(\d+)\.shared\.(w[123])$"), "layers.{0}.ffn.shared_experts.{1}"),
     (re.compile(r"^L(\d+)\.indexer\.wq_b$"), "layers.{0}.attn.indexer.wq_b"),
     (re.compile(r"^L(\d+)\.(wq_a|wq_b|wkv|wo_a|wo_b)$"), "layers.{0}.attn.{1}"),
@@ -36,6 +38,26 @@ class Defect:
 
     def __str__(self) -> str:
         return f"{self.name}@{self.family}"
+
+
+def parse_defects(text: str, families: set[str]) -> list[Defect]:
+    """The defects one NAME@WHERE names (several where WHERE has the expert wildcard E*)."""
+    name, at, where = text.partition("@")
+    if "*" in where:
+        pattern = re.escape(_expand(where)).replace(r"\*", r"\d+")
+        found = sorted((f for f in families if re.fullmatch(pattern, f)), key=lambda f: int(f.split(".")[4]))
+        if not found:
+            raise InputError(f"defect location {where!r} names no tensor family of this preset")
+        return [parse_defect(f"{name}@{f}", families) for f in found]
+    return [parse_defect(text, families)]
+
+
+def _expand(where: str) -> str:
+    for pat, template in _SHORTHAND:
+        m = pat.match(where)
+        if m:
+            return template.format(*m.groups())
+    return where
 
 
 def parse_defect(text: str, families: set[str]) -> Defect:

@@ -189,7 +189,7 @@ def synthesize(
         cfg_dict["quantization_config"] = qc
     cfg = parse_config(cfg_dict, hf)
     specs = model_families(cfg)
-    parsed = [defect_mod.parse_defect(d, set(specs)) for d in defects]
+    parsed = [one for d in defects for one in defect_mod.parse_defects(d, set(specs))]
     by_family = {}
     for d in parsed:
         if d.family in by_family:

@@ -17,5 +17,9 @@ class EmulatedBackend:
     swiglu_clamp = staticmethod(_moe.swiglu_clamp)
     moe_scatter = staticmethod(_moe.moe_scatter)
     shared_expert = staticmethod(_shared_expert)
-    moe_forward = staticmethod(_moe.moe_forward)
     plan_routes = staticmethod(_moe.plan_routes)
+
+    def moe_forward(self, x, w, token_ids, plan=None):
+        """The whole block through this backend's own ops, so a subclass that replaces one op (a plugin,
+        an injected fault) runs its version in the propagated pipeline too."""
+        return _moe.moe_forward(x, w, token_ids, plan, ops=self)

@@ -57,11 +57,19 @@ FAULTS: dict[str, tuple[str, str, str]] = {
         "seeds 004",
         "natural",
     ),
+    "unclamped-scale-cast": (
+        "block scales cast to e4m3 without saturation (NaN past 448, torch 2.11's cast)",
+        "spec nvfp4 §1.2, seeds 004",
+        "natural",
+    ),
     "nibble-swap": ("element 2i packed in the high nibble", "spec nvfp4 §1.7", "natural"),
     "biased-routing-weights": ("router weights from score + bias instead of the score", "spec §4.5", "natural"),
     "no-routed-scaling": ("routing weights not multiplied by routed_scaling_factor", "spec §4.6", "natural"),
 }
 TINY_INPUT_SCALE_FACTOR = 3977.6
+# Faults that only bite together with a defective checkpoint: selftest, which runs clean checkpoints,
+# covers unclamped-scale-cast through tiny-input-scale (the same cast with the seeds' input scale).
+NEEDS_A_DEFECT = {"unclamped-scale-cast"}
 
 
 class FaultyEmulated(EmulatedBackend):
@@ -114,9 +122,10 @@ class FaultyEmulated(EmulatedBackend):
         if "nibble-swap" in self.faults:
             codes = unpack_e2m1(a.packed)
             a.packed = pack_e2m1(torch.stack([codes[:, 1::2], codes[:, 0::2]], -1).reshape(codes.shape))
-        if "tiny-input-scale" in self.faults:
+        if {"tiny-input-scale", "unclamped-scale-cast"} & self.faults:
             # the unclamped cast of torch 2.11: block scales past 448 become the NaN code
-            enc = global_scale.value * TINY_INPUT_SCALE_FACTOR
+            factor = TINY_INPUT_SCALE_FACTOR if "tiny-input-scale" in self.faults else 1.0
+            enc = global_scale.to_encode().value * factor
             amax_b = x.float().abs().view(rows, cols, NVFP4_BLOCK).amax(-1)
             over = (amax_b / 6.0) * enc > 464.0
             lin = unswizzle_128x4(a.scales, rows, cols).view(torch.uint8).clone()

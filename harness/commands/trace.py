@@ -1,0 +1,161 @@
+"""`fp4check nan-trace`: the first stage that produces NaN/Inf (or diverges), and why."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import click
+from rich.table import Table
+from rich.tree import Tree
+
+from fp4check.commands.audit import parse_layers
+from fp4check.options import checkpoint_option, json_option, open_checkpoint, seed_option
+
+
+@click.command("nan-trace")
+@checkpoint_option
+@click.option("--layers", default=None, metavar="A-B", help="Layers to trace (default: all).")
+@click.option("--backend", default="emulated", show_default=True, help="Backend under test (as for fp4check layer).")
+@click.option("--inject", default="", metavar="FAULT[,FAULT]", help="Faults to switch on in the emulated backend.")
+@click.option("--tokens", type=int, default=256, show_default=True)
+@click.option("--scenario", default="natural", show_default=True, help="Routing scenario.")
+@seed_option
+@click.option("--act-scales", type=click.Choice(["auto", "checkpoint", "warmup"]), default="auto", show_default=True)
+@click.option(
+    "--metric",
+    type=click.Choice(["nan", "cosine"]),
+    default="nan",
+    show_default=True,
+    help="nan: the first NaN/Inf producer; cosine: the first stage whose isolated cosine vs the "
+    "reference falls below --threshold.",
+)
+@click.option("--threshold", type=float, default=0.98, show_default=True, help="Gate for --metric cosine.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Results folder.")
+@json_option
+def nan_trace(
+    checkpoint, layers, backend, inject, tokens, scenario, seed, act_scales, metric, threshold, out, as_json
+) -> None:
+    """Find where a NaN (or a divergence) is first produced, not where it is passed on: per stage, finite or
+    not, NaN/Inf counts and amax for the backend and the reference; the producer diagnosed (rerun with the
+    exact pipeline, its weights and scales audited, the tokens and experts carrying the NaN); one sentence
+    with the likely cause. Exit 1 when a producer is found."""
+    from fp4check.environment import versions
+    from fp4check.kernels.registry import load_backend
+    from fp4check.reports.store import RunWriter, new_run_dir
+    from fp4check.reports.terminal import stdout_console
+    from fp4check.rows import make_row
+    from fp4check.trace import divergence_trace, nan_trace, tree_lines
+
+    ckpt = open_checkpoint(checkpoint)
+    faults = [f.strip() for f in inject.split(",") if f.strip()]
+    be = load_backend(backend, faults)
+    layer_list = parse_layers(layers, ckpt.config.num_hidden_layers)
+    path, run_id = new_run_dir(out)
+    writer = RunWriter(
+        path,
+        run_id,
+        {
+            "command": " ".join(["fp4check", *sys.argv[1:]]),
+            "versions": versions(),
+            "checkpoint": str(ckpt.path),
+            "checkpoint_fingerprint": ckpt.fingerprint(),
+            "seed": seed,
+            "backend": be.name,
+            "trace": metric,
+        },
+    )
+    con = stdout_console()
+    if metric == "cosine":
+        from fp4check.moe_check import PIPELINE, MoECheck, moe_rows
+        from fp4check.thresholds import Thresholds
+
+        rows = []
+        for layer in layer_list:
+            c = MoECheck("divergence-trace", PIPELINE, layer, scenario, tokens, seed, act_scales=act_scales)
+            got = moe_rows(ckpt, be, c, Thresholds(), {"run_id": run_id})
+            writer.write(got)
+            rows += got
+        hit = divergence_trace(rows, threshold)
+        cause = (
+            f"{hit['stage']} is the first stage whose isolated cosine vs the reference falls below {threshold} "
+            f"({hit['cosine']:.6f})"
+            if hit
+            else f"every isolated stage keeps cosine >= {threshold}"
+        )
+        trace = {"metric": "cosine", "threshold": threshold, "first": hit["stage"] if hit else None, "cause": cause}
+    else:
+        res = nan_trace(ckpt, be, layer_list, scenario, tokens, seed, act_scales)
+        base = {"check": "nan-trace", "scenario": scenario, "seed": seed, "tokens": tokens, "backend": be.name}
+        stat_rows = []
+        for st in res.stats:
+            m = {
+                "nan_out": st.nan,
+                "inf_out": st.inf,
+                "nan_ref": st.ref_nan,
+                "inf_ref": 0,
+                "amax_out": st.amax,
+                "amax_ref": st.ref_amax,
+            }
+            status = "pass" if st.finite else "fail"
+            stat_rows.append(
+                make_row(
+                    {**base, "layer": st.layer},
+                    f"L{st.layer}.moe.{st.stage}",
+                    st.stage,
+                    "reference",
+                    "propagated",
+                    m,
+                    "finite",
+                    math.nan,
+                    status=status,
+                    message=st.role,
+                )
+            )
+        writer.write(stat_rows)
+        trace = {
+            "metric": "nan",
+            "producer": res.producer.as_dict() if res.producer else None,
+            "propagators": [f"L{s.layer}.moe.{s.stage}" for s in res.stats if s.role == "propagator"],
+            "diagnosis": res.diagnosis,
+            "cause": res.cause,
+            "tree": tree_lines(res),
+        }
+        hit = res.producer
+        cause = res.cause
+    (path / "trace.json").write_text(json.dumps(trace, indent=2, default=str) + "\n")
+    writer.finish()
+    if as_json:
+        click.echo(json.dumps({"run_dir": str(path), **trace}, default=str))
+    else:
+        if metric == "nan":
+            tree = Tree(f"[bold]nan-trace[/bold] backend {be.name}")
+            node = None
+            for line in trace["tree"]:
+                if line.startswith("L"):
+                    layer_node = tree.add(line)
+                elif line.strip() == "moe":
+                    node = layer_node.add("moe")
+                else:
+                    style = "bold red" if "PRODUCER" in line else ("yellow" if "propagates" in line else "")
+                    node.add(f"[{style}]{line.strip()}[/{style}]" if style else line.strip())
+            con.print(tree)
+            if res.producer:
+                d = res.diagnosis
+                t = Table(title="diagnosis", title_justify="left", show_header=False)
+                t.add_column("what")
+                t.add_column("")
+                t.add_row(
+                    "exact NVFP4 pipeline on the same inputs",
+                    {True: "finite", False: "NaN too", None: "not rerun"}[d["exact_pipeline_finite"]],
+                )
+                t.add_row("tokens", str(d["where"].get("tokens", [])[:16]))
+                t.add_row("experts", str(d["where"].get("experts", [])[:16]))
+                for f in d["findings"][:5]:
+                    t.add_row(f"{f['severity']}: {f['kind']}", f"{f['family']}: {f['detail']}")
+                con.print(t)
+        con.print(f"[bold]{'cause' if hit else 'result'}:[/bold] {cause}")
+        con.print(f"results: {path}")
+    sys.exit(1 if hit else 0)

@@ -1,0 +1,77 @@
+"""`fp4check nan-trace`: the first NaN producer and its cause, on defective checkpoints and injected faults."""
+
+import json
+
+import pytest
+from conftest import run_cli
+
+from fp4check.synth.writer import synthesize
+
+
+@pytest.fixture(scope="module")
+def bad_scales(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trace") / "bis"
+    synthesize(out, "tiny", "modelopt", defects=["bad-input-scale@L1.E*.w1", "bad-input-scale@L1.E*.w3"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def nan_weight(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trace") / "nw"
+    synthesize(out, "tiny", "modelopt", defects=["nan-weight@L2.E3.w1"])
+    return out
+
+
+def _trace(*args):
+    r = run_cli("nan-trace", "--json", *args)
+    return r.exit_code, json.loads(r.stdout)
+
+
+def test_bad_input_scale_is_named_at_quant_l1(bad_scales, tmp_path):
+    code, d = _trace("--checkpoint", str(bad_scales), "--inject", "unclamped-scale-cast", "--out", str(tmp_path / "t"))
+    assert code == 1
+    p = d["producer"]
+    assert (p["layer"], p["stage"]) == (1, "quant_l1")
+    assert "input scale" in d["cause"] and "layers.1.ffn.experts." in d["cause"] and "too small" in d["cause"]
+    assert (
+        d["diagnosis"]["exact_pipeline_finite"] is True
+    )  # the saturating cast survives: the kernel's cast is at fault
+    assert "L1.moe.l1" in d["propagators"] and not any(x.startswith("L0") for x in d["propagators"])
+    assert (tmp_path / "t" / "trace.json").is_file() and (tmp_path / "t" / "results.parquet").is_file()
+    html = tmp_path / "t.html"
+    run_cli("report", str(tmp_path / "t"), "--html", str(html))
+    assert "trace-tree" in html.read_text() and "PRODUCER" in html.read_text()
+
+
+def test_nan_weight_is_named_as_the_data(nan_weight):
+    code, d = _trace("--checkpoint", str(nan_weight))
+    assert code == 1
+    assert (d["producer"]["layer"], d["producer"]["stage"]) == (2, "l1")
+    assert d["diagnosis"]["where"]["experts"] == [3]
+    assert d["diagnosis"]["exact_pipeline_finite"] is False
+    assert "layers.2.ffn.experts.3.w1" in d["cause"] and "NaN code" in d["cause"]
+
+
+def test_kernel_bug_is_named_as_the_kernel(tiny_modelopt):
+    code, d = _trace(
+        "--checkpoint",
+        str(tiny_modelopt),
+        "--layers",
+        "1",
+        "--backend",
+        f"{__import__('pathlib').Path(__file__).parent / 'support_backends.py'}:NanGemm",
+    )
+    assert code == 1 and d["producer"]["stage"] == "l1"
+    assert d["diagnosis"]["exact_pipeline_finite"] is True and "kernel" in d["cause"]
+
+
+def test_clean_checkpoint_has_no_nan(tiny_modelopt):
+    code, d = _trace("--checkpoint", str(tiny_modelopt))
+    assert code == 0 and d["producer"] is None and d["cause"] == "no NaN or Inf in any stage"
+
+
+def test_divergence_trace(tiny_modelopt):
+    code, d = _trace("--checkpoint", str(tiny_modelopt), "--metric", "cosine", "--threshold", "0.9999", "--layers", "1")
+    assert code == 1 and d["first"] == "L1.moe.quant_l1"  # quantizing x is the first lossy step
+    code, d = _trace("--checkpoint", str(tiny_modelopt), "--metric", "cosine", "--threshold", "0.5", "--layers", "1")
+    assert code == 0 and d["first"] is None
