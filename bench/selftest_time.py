@@ -43,7 +43,8 @@ def main() -> None:
         "command": "fp4check selftest",
     }
     print(
-        f"selftest: median {statistics.median(walls):.1f} s over {args.runs} runs, {caught[0]}/{caught[1]} faults caught"
+        f"selftest: median {statistics.median(walls):.1f} s over {args.runs} runs, "
+        f"{caught[0]}/{caught[1]} faults caught"
     )
     print("wrote", write_csv("selftest_tiny.csv", [row]))
 
