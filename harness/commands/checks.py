@@ -81,7 +81,6 @@ def check_options(f):
 def _run(ckpt, specs: list[dict], opts: dict, title: str | None = None, extra_meta: dict | None = None) -> None:
     import json
 
-    from fp4check.environment import gpus, versions
     from fp4check.reports.store import RunWriter, new_run_dir
     from fp4check.reports.table import render
     from fp4check.runner import run_checks
@@ -89,14 +88,7 @@ def _run(ckpt, specs: list[dict], opts: dict, title: str | None = None, extra_me
 
     path, run_id = new_run_dir(opts["out"])
     meta = {
-        "command": " ".join(["fp4check", *sys.argv[1:]]),
-        "versions": versions(),
-        "gpus": gpus(),
-        "git_sha": _git_sha(),
-        "checkpoint": str(ckpt.path),
-        "checkpoint_fingerprint": ckpt.fingerprint(),
-        "seed": opts["seed"],
-        "backend": opts["backend"],
+        **run_meta(ckpt, opts["seed"], opts["backend"]),
         "isolate": opts["isolate"],
         "thresholds": Thresholds.load(opts["thresholds"], opts["config"]).table,
         **(extra_meta or {}),
@@ -153,24 +145,47 @@ def _git_sha() -> str | None:
     return out.stdout.strip() or None
 
 
-def _spec(ckpt, check: str, stages, layer: int, opts: dict, propagated: bool) -> dict:
+def base_spec(ckpt, opts: dict) -> dict:
+    """The check-spec fields every check of one command shares."""
     return {
-        "check": check,
-        "stages": list(stages),
-        "layer": layer,
-        "scenario": opts["scenario"],
-        "tokens": opts["tokens"],
         "seed": opts["seed"],
         "act_scales": opts["act_scales"],
         "ep_size": opts["ep_size"],
         "ep_rank": opts["ep_rank"],
-        "propagated": propagated,
         "isolated": True,
         "backend": opts["backend"],
         "checkpoint": str(ckpt.path),
         "thresholds": list(opts["thresholds"]),
         "config": str(opts["config"]) if opts["config"] else None,
         "inject": _faults(opts),
+    }
+
+
+def run_meta(ckpt, seed: int, backend: str) -> dict:
+    """meta.json fields every results folder carries."""
+    from fp4check.environment import gpus, versions
+
+    return {
+        "command": " ".join(["fp4check", *sys.argv[1:]]),
+        "versions": versions(),
+        "gpus": gpus(),
+        "git_sha": _git_sha(),
+        "checkpoint": str(ckpt.path),
+        "checkpoint_fingerprint": ckpt.fingerprint(),
+        "seed": seed,
+        "backend": backend,
+    }
+
+
+def _spec(ckpt, check: str, stages, layer: int, opts: dict, propagated: bool) -> dict:
+    return {
+        **base_spec(ckpt, opts),
+        "check": check,
+        "stages": list(stages),
+        "layer": layer,
+        "scenario": opts["scenario"],
+        "tokens": opts["tokens"],
+        "propagated": propagated,
     }
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fp4check.commands.checks import _faults, _prepare, _run, check_options
+from fp4check.commands.checks import _prepare, _run, base_spec, check_options
 
 
 @click.command()
@@ -27,18 +27,7 @@ def run(suite: str, html: Path | None, junit: Path | None, **opts) -> None:
 
     opts["scenario"] = "natural"
     ckpt, _ = _prepare(opts, None, None)
-    base = {
-        "seed": opts["seed"],
-        "act_scales": opts["act_scales"],
-        "ep_size": opts["ep_size"],
-        "ep_rank": opts["ep_rank"],
-        "isolated": True,
-        "backend": opts["backend"],
-        "checkpoint": str(ckpt.path),
-        "thresholds": list(opts["thresholds"]),
-        "config": str(opts["config"]) if opts["config"] else None,
-        "inject": _faults(opts),
-    }
+    base = base_spec(ckpt, opts)
     specs = [{**base, **c} for c in suite_checks(suite, ckpt, opts["tokens"])]
     opts.update(html=html, junit=junit)
     _run(ckpt, specs, opts, title=f"suite {suite}", extra_meta={"suite": suite})

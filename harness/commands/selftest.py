@@ -25,7 +25,7 @@ def selftest(checkpoint, tokens: int, seed: int, out, as_json: bool) -> None:
     clean run is flagged."""
     from pathlib import Path
 
-    from fp4check.environment import versions
+    from fp4check.commands.checks import run_meta
     from fp4check.reports.store import RunWriter, new_run_dir
     from fp4check.reports.terminal import progress_bar, stdout_console, styled
     from fp4check.runner import execute
@@ -45,18 +45,7 @@ def selftest(checkpoint, tokens: int, seed: int, out, as_json: bool) -> None:
     }
     specs = selftest_specs(base, layer, hashed[0] if hashed else None, tokens)
     path, run_id = new_run_dir(Path(out) if out else None)
-    writer = RunWriter(
-        path,
-        run_id,
-        {
-            "command": " ".join(["fp4check", *sys.argv[1:]]),
-            "versions": versions(),
-            "checkpoint": str(ckpt.path),
-            "checkpoint_fingerprint": ckpt.fingerprint(),
-            "seed": seed,
-            "backend": "emulated (faults injected)",
-        },
-    )
+    writer = RunWriter(path, run_id, run_meta(ckpt, seed, "emulated (faults injected)"))
     results = []
     with progress_bar("selftest") as update:
         for i, (fault, spec) in enumerate(specs):

@@ -42,7 +42,7 @@ def nan_trace(
     not, NaN/Inf counts and amax for the backend and the reference; the producer diagnosed (rerun with the
     exact pipeline, its weights and scales audited, the tokens and experts carrying the NaN); one sentence
     with the likely cause. Exit 1 when a producer is found."""
-    from fp4check.environment import versions
+    from fp4check.commands.checks import run_meta
     from fp4check.kernels.registry import load_backend
     from fp4check.reports.store import RunWriter, new_run_dir
     from fp4check.reports.terminal import stdout_console
@@ -54,19 +54,7 @@ def nan_trace(
     be = load_backend(backend, faults)
     layer_list = parse_layers(layers, ckpt.config.num_hidden_layers)
     path, run_id = new_run_dir(out)
-    writer = RunWriter(
-        path,
-        run_id,
-        {
-            "command": " ".join(["fp4check", *sys.argv[1:]]),
-            "versions": versions(),
-            "checkpoint": str(ckpt.path),
-            "checkpoint_fingerprint": ckpt.fingerprint(),
-            "seed": seed,
-            "backend": be.name,
-            "trace": metric,
-        },
-    )
+    writer = RunWriter(path, run_id, run_meta(ckpt, seed, be.name))
     con = stdout_console()
     if metric == "cosine":
         from fp4check.moe_check import PIPELINE, MoECheck, moe_rows
