@@ -8,6 +8,7 @@ import torch
 from fp4check.kernels.contract import MoEOutput
 from fp4check.kernels.emulated import EmulatedBackend
 from fp4check.kernels.emulated import moe as emu
+from fp4check.kernels.emulated.faults import drop_rows_past
 from fp4check.kernels.registry import Needs
 
 
@@ -32,13 +33,7 @@ class DropsTokens(EmulatedBackend):
         if plan is None:
             ids, weights = emu.router(x, w, token_ids)
             plan = emu.plan_routes(ids, weights, w.expert_start, w.n_local)
-        row_of = plan.row_of.clone()
-        start = plan.offsets[:-1][plan.local.clamp(min=0)]
-        row_of[(row_of - start >= 128) & (row_of >= 0)] = -1
-        token_of = torch.full_like(plan.token_of, -1)
-        live = row_of >= 0
-        token_of[row_of[live]] = live.nonzero()[:, 0]
-        broken = emu.RoutePlan(plan.ids, plan.weights, plan.local, plan.counts, plan.offsets, row_of, token_of)
+        broken = drop_rows_past(plan, 128)
         out = emu.moe_forward(x, w, token_ids, broken)
         out.stages["plan"] = broken
         return out

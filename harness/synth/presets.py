@@ -49,6 +49,34 @@ _COMMON: dict[str, Any] = {
     "torch_dtype": "bfloat16",
 }
 
+# DeepSeek-V4-Pro's config.json as released (spec §1): not a synthetic preset, the layout the
+# Pro-size benchmarks and config tests work from.
+PRO_RELEASE: dict[str, Any] = {
+    **_COMMON,
+    "hidden_size": 7168,
+    "num_hidden_layers": 61,
+    "num_attention_heads": 128,
+    "q_lora_rank": 1536,
+    "o_groups": 16,
+    "o_lora_rank": 1024,
+    "vocab_size": 129280,
+    "compress_ratios": [128, 128] + [4, 128] * 29 + [4] + [0],
+    "num_hash_layers": 3,
+    "index_n_heads": 64,
+    "index_head_dim": 128,
+    "index_topk": 1024,
+    "n_routed_experts": 384,
+    "moe_intermediate_size": 3072,
+    "routed_scaling_factor": 2.5,
+    "quantization_config": {
+        "quant_method": "fp8",
+        "fmt": "e4m3",
+        "activation_scheme": "dynamic",
+        "scale_fmt": "ue8m0",
+        "weight_block_size": [128, 128],
+    },
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "hidden_size": 256,
@@ -102,51 +130,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "routed_scaling_factor": 1.5,
         "num_nextn_predict_layers": 0,
     },
+    # one Pro layer: the release's shapes, a cut vocabulary, no hash routing, no MTP block
     "pro-layer": {
-        "hidden_size": 7168,
+        **{k: v for k, v in PRO_RELEASE.items() if k not in _COMMON and k != "quantization_config"},
         "num_hidden_layers": 1,
-        "num_attention_heads": 128,
-        "q_lora_rank": 1536,
-        "o_groups": 16,
-        "o_lora_rank": 1024,
         "vocab_size": 4096,
         "compress_ratios": [4, 0],
         "num_hash_layers": 0,
-        "index_n_heads": 64,
-        "index_head_dim": 128,
-        "index_topk": 1024,
-        "n_routed_experts": 384,
-        "moe_intermediate_size": 3072,
-        "routed_scaling_factor": 2.5,
         "num_nextn_predict_layers": 0,
-    },
-}
-
-# DeepSeek-V4-Pro's config.json as released (spec §1): not a synthetic preset, the layout the
-# Pro-size benchmarks and config tests work from.
-PRO_RELEASE: dict[str, Any] = {
-    **_COMMON,
-    "hidden_size": 7168,
-    "num_hidden_layers": 61,
-    "num_attention_heads": 128,
-    "q_lora_rank": 1536,
-    "o_groups": 16,
-    "o_lora_rank": 1024,
-    "vocab_size": 129280,
-    "compress_ratios": [128, 128] + [4, 128] * 29 + [4] + [0],
-    "num_hash_layers": 3,
-    "index_n_heads": 64,
-    "index_head_dim": 128,
-    "index_topk": 1024,
-    "n_routed_experts": 384,
-    "moe_intermediate_size": 3072,
-    "routed_scaling_factor": 2.5,
-    "quantization_config": {
-        "quant_method": "fp8",
-        "fmt": "e4m3",
-        "activation_scheme": "dynamic",
-        "scale_fmt": "ue8m0",
-        "weight_block_size": [128, 128],
     },
 }
 

@@ -72,6 +72,17 @@ TINY_INPUT_SCALE_FACTOR = 3977.6
 NEEDS_A_DEFECT = {"unclamped-scale-cast"}
 
 
+def drop_rows_past(plan: RoutePlan, limit: int) -> RoutePlan:
+    """The plan of a runner that keeps `limit` rows per expert and silently drops the rest (seeds bug 22)."""
+    row_of = plan.row_of.clone()
+    first = plan.offsets[:-1][plan.local.clamp(min=0)]
+    row_of[(row_of - first >= limit) & (row_of >= 0)] = -1
+    token_of = torch.full_like(plan.token_of, -1)
+    live = row_of >= 0
+    token_of[row_of[live]] = live.nonzero()[:, 0]
+    return RoutePlan(plan.ids, plan.weights, plan.local, plan.counts, plan.offsets, row_of, token_of)
+
+
 class FaultyEmulated(EmulatedBackend):
     """The emulated backend with faults switched on."""
 
@@ -105,13 +116,7 @@ class FaultyEmulated(EmulatedBackend):
             start = 0
         plan = emu.plan_routes(ids, weights, start, n_local)
         if "drop-tokens-past-128" in self.faults:
-            row_of = plan.row_of.clone()
-            first = plan.offsets[:-1][plan.local.clamp(min=0)]
-            row_of[(row_of - first >= 128) & (row_of >= 0)] = -1
-            token_of = torch.full_like(plan.token_of, -1)
-            live = row_of >= 0
-            token_of[row_of[live]] = live.nonzero()[:, 0]
-            plan = RoutePlan(plan.ids, plan.weights, plan.local, plan.counts, plan.offsets, row_of, token_of)
+            plan = drop_rows_past(plan, 128)
         return plan
 
     # --- fine ops ------------------------------------------------------------------------------------
