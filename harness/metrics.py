@@ -99,3 +99,25 @@ def routing_agreement(
     picked_out = torch.zeros(t, n, dtype=torch.bool).scatter_(1, ids_out.long(), True)
     close = (dense_out - dense_ref).abs() <= rtol * dense_ref.abs()
     return float((picked_ref & picked_out & close).sum()) / (t * k)
+
+
+def set_overlap(got: torch.Tensor, want: torch.Tensor) -> float:
+    """Mean over rows of |got & want| / |want| for index sets [T, k] (-1 = no entry); rows where want is
+    empty count 1 if got is empty too, else 0."""
+    if want.shape[0] == 0:
+        return 1.0
+    total = 0.0
+    for g, w in zip(got.tolist(), want.tolist(), strict=True):
+        gs, ws = {i for i in g if i >= 0}, {i for i in w if i >= 0}
+        total += len(gs & ws) / len(ws) if ws else float(not gs)
+    return total / want.shape[0]
+
+
+def bytes_match(got: torch.Tensor, want: torch.Tensor) -> dict[str, float]:
+    """Fraction of identical elements by bit pattern (bytes, or the bits of bf16/fp32 values): the
+    conformance metric of stored formats, reported in the code_match column."""
+    if got.shape != want.shape:
+        raise LookupError(f"shape {tuple(got.shape)} differs from {tuple(want.shape)}")
+    view = {1: torch.uint8, 2: torch.int16, 4: torch.int32}[got.element_size()]
+    a, b = got.contiguous().view(view), want.to(got.dtype).contiguous().view(view)
+    return {"code_match": float((a == b).float().mean()) if a.numel() else 1.0}

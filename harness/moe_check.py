@@ -70,6 +70,7 @@ class MoECheck:
     propagated: bool = True
     isolated: bool = True
     meta: dict = field(default_factory=dict)
+    x: torch.Tensor | None = None  # the block's input when a whole layer computes it (else ffn_norm(embed))
 
 
 @dataclass
@@ -99,6 +100,8 @@ def _valid_slots(plan: RoutePlan, perm: torch.Tensor) -> torch.Tensor:
 
 def prepare(ckpt: Checkpoint, c: MoECheck) -> _Truth:
     inputs = make_inputs(ckpt, c.scenario, c.layer, c.tokens, c.seed)
+    if c.x is not None:
+        inputs.x = c.x
     w = load_moe_weights(ckpt, c.layer, c.ep_size, c.ep_rank)
     r = ref.route(
         inputs.x,

@@ -34,6 +34,12 @@ def execute(spec: dict) -> list[dict]:
     thresholds = Thresholds.load(
         tuple(spec.get("thresholds", ())), Path(spec["config"]) if spec.get("config") else None
     )
+    ctx = {"dtype": "nvfp4", "run_id": spec.get("run_id")}
+    if spec.get("kind") == "layer":
+        from fp4check.layer_check import LayerCheck, layer_rows
+
+        fields = ("check", "layer", "tokens", "seed", "only", "phase", "ref_mode", "act_scales")
+        return layer_rows(ckpt, backend, LayerCheck(**{k: spec[k] for k in fields}), thresholds, ctx)
     check = MoECheck(
         **{
             k: spec[k]
@@ -52,15 +58,16 @@ def execute(spec: dict) -> list[dict]:
             )
         }
     )
-    return moe_rows(ckpt, backend, check, thresholds, {"dtype": "nvfp4", "run_id": spec.get("run_id")})
+    return moe_rows(ckpt, backend, check, thresholds, ctx)
 
 
 def _failure_row(spec: dict, status: str, message: str) -> dict:
-    stage = spec["stages"][0] if len(spec["stages"]) == 1 else "moe"
+    stages = spec.get("stages") or ["layer"]
+    stage = stages[0] if len(stages) == 1 else "moe"
     base = {
         "check": spec["check"],
         "layer": spec["layer"],
-        "scenario": spec["scenario"],
+        "scenario": spec.get("scenario", "natural"),
         "seed": spec["seed"],
         "tokens": spec["tokens"],
         "backend": spec["backend"],

@@ -41,6 +41,36 @@ DEFAULTS: dict[str, tuple[str, float]] = {
     "out.emulated": ("cosine", 0.9999),
     "swizzle.emulated": ("scale_match", 1.0),
     "ep_sum.single_rank": ("cosine", 0.99999),
+    # attention: FP8-block projections with 1x128 activation quantization, the FP8 KV cache
+    "attn.q.reference": ("cosine", 0.995),
+    "attn.q.emulated": ("cosine", 0.9999),
+    "attn.kv.reference": ("cosine", 0.995),
+    "attn.kv.emulated": ("cosine", 0.9999),
+    "attn.compress.reference": ("cosine", 0.999),
+    "attn.compress.emulated": ("cosine", 0.9999),
+    "attn.indexer.reference": ("overlap", 0.8),
+    "attn.indexer.emulated": ("overlap", 0.99),
+    "attn.kv_write.reference": ("code_match", 1.0),
+    "attn.kv_write.emulated": ("code_match", 1.0),
+    "attn.kv_read.reference": ("code_match", 1.0),
+    "attn.kv_read.emulated": ("code_match", 1.0),
+    "attn.kv_cache.reference": ("cosine", 0.995),  # propagated kv_read: the backend's own kv, FP8-cached
+    "attn.core.reference": ("cosine", 0.99),
+    "attn.core.emulated": ("cosine", 0.9999),
+    "attn.out.reference": ("cosine", 0.99),
+    "attn.out.emulated": ("cosine", 0.9999),
+    "attn.decode.reference": ("cosine", 0.99),
+    "attn.decode.prefill": ("cosine", 0.9999),
+    # mHC and the whole layer (the residual streams carry most of the signal: tight)
+    "hc.attn_pre.reference": ("cosine", 0.9999),
+    "hc.attn_pre.emulated": ("cosine", 0.9999),
+    "hc.attn_post.reference": ("cosine", 0.999),
+    "hc.attn_post.emulated": ("cosine", 0.9999),
+    "hc.ffn_pre.reference": ("cosine", 0.999),
+    "hc.ffn_pre.emulated": ("cosine", 0.9999),
+    "hc.ffn_post.reference": ("cosine", 0.9999),
+    "layer.out.reference": ("cosine", 0.98),
+    "layer.out.emulated": ("cosine", 0.9999),
 }
 CONFIG_FILE = "fp4check.toml"
 

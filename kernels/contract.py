@@ -18,11 +18,25 @@ Fine ops (the MoE pipeline of a CUTLASS/CuTeDSL NVFP4 runner):
   moe_scatter(rows bf16 [P, D], plan: RoutePlan) -> fp32 [T, D]      sum over slots of weight * rows[row_of]
   shared_expert(x bf16 [T, D], w: MoEWeights) -> bf16 [T, D]
 
+Attention fine ops (one layer; `w` is AttentionWeights, positions int64 [T]):
+  attn_q(x bf16 [T, D], w, positions) -> (qr bf16 [T, q_lora], q bf16 [T, H, d] normalized per head, rotated)
+  attn_kv(x bf16 [T, D], w, positions) -> kv bf16 [T, d] (kv_norm, rotated; before the FP8 cache)
+  compressor(x bf16 [T, D], w) -> entries bf16 [W, d] of the complete windows (C4A/C128A layers)
+  indexer(x bf16 [T, D], qr, w, positions) -> (scores fp32 [T, W], topk int64 [T, min(k, W)], -1 = none)
+  kv_cache_write(pages uint8 [P, page_bytes], block int, slots int64 [N], kv bf16 [N, d]) -> None, in place
+      the 584-byte FP8 record of spec §2.13: per page, `block` records [448 e4m3 | 64 bf16 rope] then a
+      [block, 8] area of 7 ue8m0 scale bytes + 1 pad; slot = page * block + offset (KV_LAYOUT in kv_cache).
+  kv_cache_read(pages, block, slots int64 [N]) -> bf16 [N, d]
+  paged_attention(q bf16 [T, H, d], pages, block, slots int64 [T, K] (-1 skipped), sink fp32 [H]) -> bf16 [T, H, d]
+  attn_out(core bf16 [T, H, d], w, positions) -> bf16 [T, D]   inverse RoPE, grouped wo_a, wo_b
+  mhc_pre / mhc_post: as fp4check.references.mhc (the residual-stream mixing around each sub-block)
 Coarse op (a fused runner as it is):
 
   moe_forward(x bf16 [T, D], w: MoEWeights, token_ids int64 [T], plan: RoutePlan | None) -> MoEOutput
       `out` [T, D] = routed + shared; `stages` may hold any of the stage tensors named in STAGES, in the
       layouts the stages document, so that fp4check can compare them too.
+  attention_forward(x bf16 [T, D], w: AttentionWeights, positions int64 [T]) -> AttentionOutput
+      a prefill over the whole sequence; `stages` may hold any of ATTENTION_STAGES.
 """
 
 from __future__ import annotations
@@ -33,10 +47,22 @@ import torch
 
 from fp4check.references.nvfp4 import DecodeScale, EncodeScale
 
-CONTRACT_VERSION = "1.0"
+CONTRACT_VERSION = "1.1"
 FINE_OPS = ("router", "nvfp4_quantize", "grouped_gemm_nvfp4", "swiglu_clamp", "moe_scatter", "shared_expert")
-COARSE_OPS = ("moe_forward",)
-OPS = FINE_OPS + COARSE_OPS
+ATTENTION_OPS = (
+    "attn_q",
+    "attn_kv",
+    "compressor",
+    "indexer",
+    "kv_cache_write",
+    "kv_cache_read",
+    "paged_attention",
+    "attn_out",
+    "mhc_pre",
+    "mhc_post",
+)
+COARSE_OPS = ("moe_forward", "attention_forward")
+OPS = FINE_OPS + ATTENTION_OPS + COARSE_OPS
 
 # MoE stages in pipeline order, with the layout each is compared in.
 STAGES = {
@@ -49,6 +75,19 @@ STAGES = {
     "combine": "fp32 [T, D] weighted sum over slots",
     "shared": "bf16 [T, D] shared expert",
     "out": "[T, D] combine + shared",
+}
+
+
+# Attention stages (prefill), with the layout each is compared in.
+ATTENTION_STAGES = {
+    "q": "bf16 [T, H, d] after the per-head norm and RoPE",
+    "kv": "bf16 [T, d] before the FP8 cache",
+    "compress": "bf16 [W, d] compressed entries before the FP8 cache",
+    "indexer": "int64 [T, k] top-k entries (-1 = none), with fp32 scores [T, W] as index_scores",
+    "kv_write": "uint8 [N, 584] the cache record and scale bytes of each written slot",
+    "kv_read": "bf16 [N, d] what attention reads back (window kv, then entries)",
+    "core": "bf16 [T, H, d] attention output before inverse RoPE",
+    "out": "bf16 [T, D] after the output projection",
 }
 
 
@@ -121,5 +160,23 @@ class MoEWeights:
 
 @dataclass
 class MoEOutput:
+    out: torch.Tensor
+    stages: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class AttentionWeights:
+    """One layer's attention as a runner receives it: the projections as stored in the checkpoint
+    (fp4check.checkpoint.Weight: FP8 block, NVFP4 or BF16) and the float32 view of everything
+    (fp4check.references.attention.AttentionParams: norms, sink, compressor and indexer, shapes, RoPE)."""
+
+    layer: int
+    layer_type: str
+    linears: dict  # "wq_a", "wq_b", "wkv", "wo_a", "wo_b", "indexer.wq_b" -> Weight
+    params: object  # AttentionParams
+
+
+@dataclass
+class AttentionOutput:
     out: torch.Tensor
     stages: dict[str, object] = field(default_factory=dict)

@@ -41,8 +41,16 @@ def indexer_topk(scores: torch.Tensor, topk: int, ratio: int) -> torch.Tensor:
     k = min(topk, n)
     visible = torch.tensor([visible_entries(t, ratio) for t in range(t_count)]).unsqueeze(1)
     masked = torch.where(torch.arange(n).unsqueeze(0) < visible, scores, torch.full_like(scores, -float("inf")))
-    vals, idx = masked.topk(k, dim=-1) if k else (masked[:, :0], masked[:, :0].long())
+    vals, idx = top_k_stable(masked, k)
     return torch.where(torch.isfinite(vals), idx, torch.full_like(idx, -1))
+
+
+def top_k_stable(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best along the last dim, ties to the lower index. ReLU scores tie exactly (at 0) whenever
+    every head's dot product is negative; torch.topk breaks such ties in no documented order, which would
+    make a prefill row and the decode of the same token pick different entries."""
+    vals, idx = torch.sort(scores, dim=-1, descending=True, stable=True)
+    return vals[..., :k], idx[..., :k]
 
 
 def sparse_attention(

@@ -217,30 +217,88 @@ def kernel(ops: tuple[str, ...], layer: int | None, **opts) -> None:
     _run(ckpt, specs, opts)
 
 
+TYPE_ALIASES = {"CSA": "C4A", "HCA": "C128A"}
+
+
+def _layer_type(ctx, param, value: str | None) -> str | None:
+    return None if value is None else TYPE_ALIASES.get(value.upper(), value.upper())
+
+
+def _pick_typed_layer(ckpt, layer_type: str) -> int:
+    from fp4check.errors import InputError
+
+    found = ckpt.config.layers_of_type(layer_type)
+    if not found:
+        have = sorted({li.layer_type for li in ckpt.config.layers})
+        raise InputError(f"this checkpoint has no {layer_type} layer: it has {', '.join(have)}")
+    bias = [i for i in found if ckpt.config.layers[i].routing == "bias"]
+    return (bias or found)[0]
+
+
 @click.command()
 @click.option(
     "--type",
     "layer_type",
-    type=click.Choice(["C4A", "C128A", "SWA"]),
+    type=click.Choice(["C4A", "C128A", "SWA", "CSA", "HCA"], case_sensitive=False),
+    callback=_layer_type,
     default=None,
-    help="The first layer of this type (bias-routed where there is one).",
+    help="The first layer of this type, bias-routed where there is one (CSA = C4A, HCA = C128A).",
 )
 @click.option("--layer", type=int, default=None, help="A layer by index.")
 @click.option(
     "--only",
-    type=click.Choice(["moe"]),
-    default="moe",
+    type=click.Choice(["attn", "moe"]),
+    default=None,
+    help="One half: attn (attention + decode), or moe (the MoE block alone, with --scenario routing).",
+)
+@click.option(
+    "--mode",
+    "phase",
+    type=click.Choice(["prefill", "decode", "both"]),
+    default="both",
     show_default=True,
-    help="Which half of the layer: the MoE half (attention arrives with the attention checks).",
+    help="Prefill rows, decode rows (the last 32 tokens one at a time through the paged cache), or both.",
+)
+@click.option(
+    "--ref-mode",
+    type=click.Choice(["served", "exact"]),
+    default="served",
+    show_default=True,
+    help="Reference attention: served (FP8 KV cache rounding, as deployed) or exact (bf16 kv).",
 )
 @check_options
-def layer(layer_type: str | None, layer: int | None, only: str, **opts) -> None:
-    """One decoder layer's MoE half, stage by stage: route, quant_l1, l1, act, quant_l2, l2, combine, shared,
-    out; isolated and propagated, vs the reference and vs the emulated pipeline."""
+def layer(layer_type: str | None, layer: int | None, only: str | None, phase: str, ref_mode: str, **opts) -> None:
+    """One decoder layer, stage by stage: hc pre -> attention (q, kv, compress, indexer, kv_write, kv_read,
+    core, out) -> hc post -> hc pre -> MoE (route .. out) -> hc post; isolated and propagated, vs the
+    reference and vs the emulated pipeline; prefill, and decode through the paged FP8 KV cache."""
     from fp4check.errors import InputError
     from fp4check.moe_check import PIPELINE
 
-    if (layer_type is None) == (layer is None) and opts["scenario"] != "hash":
+    if only == "moe":
+        if (layer_type is None) == (layer is None) and opts["scenario"] != "hash":
+            raise InputError("give exactly one of --type C4A|C128A|SWA or --layer N")
+        ckpt, layer_idx = _prepare(opts, layer, layer_type)
+        _run(ckpt, [_spec(ckpt, "layer.moe", PIPELINE, layer_idx, opts, propagated=True)], opts)
+        return
+    if (layer_type is None) == (layer is None):
         raise InputError("give exactly one of --type C4A|C128A|SWA or --layer N")
-    ckpt, layer_idx = _prepare(opts, layer, layer_type)
-    _run(ckpt, [_spec(ckpt, "layer.moe", PIPELINE, layer_idx, opts, propagated=True)], opts)
+    if opts["scenario"] != "natural":
+        raise InputError("--scenario applies to --only moe; a whole layer routes its own MoE input")
+    ckpt, layer_idx = _prepare(opts, layer, None)
+    if layer_type is not None:
+        layer_idx = _pick_typed_layer(ckpt, layer_type)
+    info = ckpt.config.layers[layer_idx]
+    spec = {
+        **base_spec(ckpt, opts),
+        "kind": "layer",
+        "check": "layer" if only is None else f"layer.{only}",
+        "layer": layer_idx,
+        "tokens": opts["tokens"],
+        "only": only,
+        "phase": phase,
+        "ref_mode": ref_mode,
+    }
+    title = f"layer {layer_idx} ({info.layer_type}, {info.routing}-routed), {opts['tokens']} tokens"
+    if layer_type is not None:
+        title = f"first {layer_type} layer: " + title
+    _run(ckpt, [spec], opts, title=title, extra_meta={"ref_mode": ref_mode, "phase": phase})
