@@ -12,6 +12,7 @@ import click
 
 from fp4check import __version__
 from fp4check.commands.audit import audit
+from fp4check.commands.chain import chain
 from fp4check.commands.checks import kernel, layer
 from fp4check.commands.compare import diff, history
 from fp4check.commands.doctor import doctor
@@ -69,6 +70,7 @@ cli.add_command(synth)
 cli.add_command(doctor)
 cli.add_command(kernel)
 cli.add_command(layer)
+cli.add_command(chain)
 cli.add_command(report)
 cli.add_command(run)
 cli.add_command(diff)

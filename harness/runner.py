@@ -40,6 +40,21 @@ def execute(spec: dict) -> list[dict]:
 
         fields = ("check", "layer", "tokens", "seed", "only", "phase", "ref_mode", "act_scales")
         return layer_rows(ckpt, backend, LayerCheck(**{k: spec[k] for k in fields}), thresholds, ctx)
+    if spec.get("kind") == "chain":
+        import torch
+
+        from fp4check.chain_check import ChainCheck, chain_rows
+
+        c = ChainCheck(
+            spec["first"],
+            spec["last"],
+            torch.tensor(spec["token_ids"], dtype=torch.int64),
+            spec["seed"],
+            spec["ref_mode"],
+            spec["act_scales"],
+            Path(spec["dump"]) if spec.get("dump") else None,
+        )
+        return chain_rows(ckpt, backend, c, thresholds, ctx)
     check = MoECheck(
         **{
             k: spec[k]

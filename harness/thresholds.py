@@ -71,6 +71,20 @@ DEFAULTS: dict[str, tuple[str, float]] = {
     "hc.ffn_post.reference": ("cosine", 0.9999),
     "layer.out.reference": ("cosine", 0.98),
     "layer.out.emulated": ("cosine", 0.9999),
+    # the chain: every side on its own upstream, error compounding along depth (random tiny weights
+    # compound far faster than a trained model's); the isolated per-layer rows use layer.out
+    "chain.hc.reference": ("cosine", 0.9),
+    "chain.hc.emulated": ("cosine", 0.9999),
+    "chain.attn_out.reference": ("cosine", 0.9),
+    "chain.attn_out.emulated": ("cosine", 0.9999),
+    "chain.moe_out.reference": ("cosine", 0.85),
+    "chain.moe_out.emulated": ("cosine", 0.9999),
+    "chain.out.reference": ("cosine", 0.9),
+    "chain.out.emulated": ("cosine", 0.9999),
+    "head.h.reference": ("cosine", 0.9),
+    "head.h.emulated": ("cosine", 0.9999),
+    "head.logits.reference": ("cosine", 0.9),
+    "head.logits.emulated": ("cosine", 0.9999),
 }
 CONFIG_FILE = "fp4check.toml"
 

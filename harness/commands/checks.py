@@ -14,71 +14,82 @@ SCENARIO_NAMES = ("natural", "uniform", "skewed", "empty-experts", "single-token
 KERNEL_OP_NAMES = ("quant", "swizzle", "route", "l1", "act", "l2", "combine", "shared", "moe")
 
 
-def check_options(f):
-    for opt in reversed(
-        [
-            checkpoint_option,
-            click.option(
-                "--backend",
-                default="emulated",
-                show_default=True,
-                help="Backend under test: reference, emulated, an entry point, module:attr or file.py:attr.",
-            ),
-            click.option("--tokens", type=int, default=256, show_default=True, help="Tokens in the batch."),
-            click.option(
-                "--scenario",
-                type=click.Choice(SCENARIO_NAMES),
-                default="natural",
-                show_default=True,
-                help="Routing scenario (see README).",
-            ),
-            seed_option,
-            click.option(
-                "--act-scales",
-                type=click.Choice(["auto", "checkpoint", "warmup"]),
-                default="auto",
-                show_default=True,
-                help="Activation global scales: the checkpoint's input_scale, or a warm-up amax.",
-            ),
-            click.option(
-                "--ep-size", type=int, default=1, show_default=True, help="Expert-parallel ranks to simulate."
-            ),
-            click.option("--ep-rank", type=int, default=0, show_default=True, help="The rank this run is."),
-            click.option(
-                "--threshold",
-                "thresholds",
-                multiple=True,
-                metavar="STAGE.VS=MIN",
-                help="Override a gate, e.g. l1.reference=0.97 (repeatable).",
-            ),
-            click.option(
-                "--config",
-                type=click.Path(path_type=Path),
-                default=None,
-                help="Thresholds file (default: ./fp4check.toml if present).",
-            ),
-            click.option(
-                "--out",
-                type=click.Path(path_type=Path),
-                default=None,
-                help="Results folder (default fp4check-runs/<time>-<id>/).",
-            ),
-            click.option(
-                "--inject",
-                default="",
-                metavar="FAULT[,FAULT]",
-                help="Switch known bugs on in the emulated backend (see fp4check selftest).",
-            ),
-            click.option("--isolate", is_flag=True, help="Run each check in its own subprocess (crashes become rows)."),
-            click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds per isolated check."),
-            json_option,
-        ]
-    ):
+_BACKEND = click.option(
+    "--backend",
+    default="emulated",
+    show_default=True,
+    help="Backend under test: reference, emulated, an entry point, module:attr or file.py:attr.",
+)
+_TOKENS = click.option("--tokens", type=int, default=256, show_default=True, help="Tokens in the batch.")
+_SCENARIO = click.option(
+    "--scenario",
+    type=click.Choice(SCENARIO_NAMES),
+    default="natural",
+    show_default=True,
+    help="Routing scenario (see README).",
+)
+_ACT_SCALES = click.option(
+    "--act-scales",
+    type=click.Choice(["auto", "checkpoint", "warmup"]),
+    default="auto",
+    show_default=True,
+    help="Activation global scales: the checkpoint's input_scale, or a warm-up amax.",
+)
+_EP = [
+    click.option("--ep-size", type=int, default=1, show_default=True, help="Expert-parallel ranks to simulate."),
+    click.option("--ep-rank", type=int, default=0, show_default=True, help="The rank this run is."),
+]
+_RUN = [
+    click.option(
+        "--threshold",
+        "thresholds",
+        multiple=True,
+        metavar="STAGE.VS=MIN",
+        help="Override a gate, e.g. l1.reference=0.97 (repeatable).",
+    ),
+    click.option(
+        "--config",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Thresholds file (default: ./fp4check.toml if present).",
+    ),
+    click.option(
+        "--out",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Results folder (default fp4check-runs/<time>-<id>/).",
+    ),
+    click.option(
+        "--inject",
+        default="",
+        metavar="FAULT[,FAULT]",
+        help="Switch known bugs on in the emulated backend (see fp4check selftest).",
+    ),
+    click.option("--isolate", is_flag=True, help="Run each check in its own subprocess (crashes become rows)."),
+    click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds per isolated check."),
+    json_option,
+]
+
+
+def _apply(f, options):
+    for opt in reversed(options):
         f = opt(f)
     return f
 
 
-def _run(ckpt, specs: list[dict], opts: dict, title: str | None = None, extra_meta: dict | None = None) -> None:
+def check_options(f):
+    """The options of the checks that take a batch of tokens (kernel, layer, nan-trace)."""
+    return _apply(f, [checkpoint_option, _BACKEND, _TOKENS, _SCENARIO, seed_option, _ACT_SCALES, *_EP, *_RUN])
+
+
+def chain_options(f):
+    """The options of `fp4check chain`: the same names, less what a chain fixes (batch, routing, EP)."""
+    return _apply(f, [checkpoint_option, _BACKEND, seed_option, _ACT_SCALES, *_RUN])
+
+
+def _run(
+    ckpt, specs: list[dict], opts: dict, title: str | None = None, extra_meta: dict | None = None, summary=None
+) -> None:
     import json
 
     from fp4check.reports.store import RunWriter, new_run_dir
@@ -104,6 +115,8 @@ def _run(ckpt, specs: list[dict], opts: dict, title: str | None = None, extra_me
     else:
         con = stdout_console()
         render(rows, con, title=f"{title or specs[0]['check']} - backend {opts['backend']}")
+        if summary is not None:
+            summary(rows, con)
         con.print(f"results: {path}" + "".join(f"  {kind}: {p}" for kind, p in written))
     sys.exit(1 if bad else 0)
 
@@ -150,8 +163,8 @@ def base_spec(ckpt, opts: dict) -> dict:
     return {
         "seed": opts["seed"],
         "act_scales": opts["act_scales"],
-        "ep_size": opts["ep_size"],
-        "ep_rank": opts["ep_rank"],
+        "ep_size": opts.get("ep_size", 1),
+        "ep_rank": opts.get("ep_rank", 0),
         "isolated": True,
         "backend": opts["backend"],
         "checkpoint": str(ckpt.path),
