@@ -81,6 +81,8 @@ def chain_rows(ckpt: Checkpoint, backend, c: ChainCheck, thresholds: Thresholds,
     emulated = backend if backend.name == "emulated" else EmulatedBackend()
 
     def add(sid, gate, against, propagation, got, want, extra=None, secs=math.nan, **kw):
+        if against == "emulated" and backend.name == "reference":
+            return  # conformance with the NVFP4 pipeline is not a question the float reference answers
         metric, threshold = thresholds.gate(gate, against)
         m = compare(got.float(), want.float())
         m.update(extra or {})
@@ -108,8 +110,18 @@ def chain_rows(ckpt: Checkpoint, backend, c: ChainCheck, thresholds: Thresholds,
             iso = backend_layer(backend, ref_s, lw, ids, c.seed)
         except Exception as err:  # a kernel that raises is a result; the chain stops here
             rows.append(
-                make_row({**base, **kw}, f"L{n}.out", "layer.out", "reference", "propagated", {}, "cosine",
-                         math.nan, status="error", message=f"{type(err).__name__}: {err}")
+                make_row(
+                    {**base, **kw},
+                    f"L{n}.out",
+                    "layer.out",
+                    "reference",
+                    "propagated",
+                    {},
+                    "cosine",
+                    math.nan,
+                    status="error",
+                    message=f"{type(err).__name__}: {err}",
+                )
             )
             return rows
         secs = time.perf_counter() - t0

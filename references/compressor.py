@@ -22,8 +22,9 @@ def compressor_logits(
     """(a, z) [W, ratio, c*d_c] for the complete windows of x [T, D]."""
     n = x.shape[0] // ratio * ratio
     xf = x[:n].to(torch.float32)
-    a = (xf @ wkv.to(torch.float32).t()).view(n // ratio, ratio, -1)
-    z = (xf @ wgate.to(torch.float32).t()).view(n // ratio, ratio, -1) + ape.to(torch.float32)
+    width = wkv.shape[0]  # explicit: a prompt shorter than one window has no rows to infer it from
+    a = (xf @ wkv.to(torch.float32).t()).view(n // ratio, ratio, width)
+    z = (xf @ wgate.to(torch.float32).t()).view(n // ratio, ratio, width) + ape.to(torch.float32)
     return a, z
 
 

@@ -62,7 +62,7 @@ def sparse_attention(
     """
     qf, kvf = q.to(torch.float32), kv.to(torch.float32)
     valid = idx >= 0
-    keys = kvf[idx.clamp(min=0)]  # [T, K, d]
+    keys = kvf[idx.clamp(min=0)].masked_fill(~valid.unsqueeze(-1), 0.0)  # [T, K, d]; -1 entries read nothing
     s = torch.einsum("thd,tkd->thk", qf, keys) * scale
     s = s.masked_fill(~valid.unsqueeze(1), -float("inf"))
     sink_logit = sink.to(torch.float32).view(1, -1, 1).expand(s.shape[0], -1, 1)

@@ -12,7 +12,7 @@ DEFAULT_PROMPT_LEN = 256  # crosses a C128 window and many C4 windows
 
 
 def parse_layers(text: str | None, n_layers: int) -> tuple[int, int]:
-    """"A-B" or "N" -> (first, last), both in range."""
+    """ "A-B" or "N" -> (first, last), both in range."""
     from fp4check.errors import InputError
 
     if text is None:
@@ -73,7 +73,9 @@ def _depth_summary(rows: list[dict], con) -> None:
 
 
 @click.command()
-@click.option("--layers", default=None, metavar="A-B", help="Layers to run (default: all); earlier ones run on the reference.")
+@click.option(
+    "--layers", default=None, metavar="A-B", help="Layers to run (default: all); earlier ones run on the reference."
+)
 @click.option("--tokens", "token_ids", default=None, metavar="IDS", help="Comma-separated token ids.")
 @click.option(
     "--prompt-len",

@@ -54,7 +54,8 @@ def paged_attention(
 ) -> torch.Tensor:
     """Sparse attention with sink over the cache: query t attends to the kv at slots[t] (-1 skipped)."""
     flat = slots.reshape(-1)
-    kv = kv_cache_read(pages, block, flat.clamp(min=0))
+    # -1 slots read nothing: slot 0 may be a poisoned page, and 0 * NaN would leak into the sum
+    kv = torch.where((flat >= 0).unsqueeze(1), kv_cache_read(pages, block, flat.clamp(min=0)), 0.0)
     idx = torch.where(flat >= 0, torch.arange(flat.numel()), -1).view_as(slots)
     return sparse_attention(q, kv, idx, sink, q.shape[-1] ** -0.5).to(torch.bfloat16)
 
