@@ -50,4 +50,11 @@ def load_attention_weights(ckpt: Checkpoint, layer: int) -> AttentionWeights:
         index_dim=cfg.index_head_dim,
         index_topk=cfg.index_topk,
     )
-    return AttentionWeights(layer=layer, layer_type=info.layer_type, linears=linears, params=params)
+    compress_freqs = rope_frequencies(cfg.rope_compress, cfg.qk_rope_head_dim)
+    return AttentionWeights(
+        layer=layer,
+        layer_type=info.layer_type,
+        linears=linears,
+        params=params,
+        extra={"compress_freqs": compress_freqs},
+    )

@@ -87,8 +87,11 @@ class _Ctx:
         self.ids = make_inputs(ckpt, "natural", c.layer, c.tokens, c.seed).token_ids
         self.lw = load_layer(ckpt, c.layer)
         self.streams = embed_streams(ckpt, self.ids)
-        self.ref = reference_layer(self.streams, self.lw, self.ids, c.ref_mode)
-        c.meta["act_scales"] = set_layer_scales(self.lw, self.ref["moe_in"], self.ids, c.act_scales)
+        attn_only = c.only == "attn"
+        self.ref = reference_layer(self.streams, self.lw, self.ids, c.ref_mode, attention_only=attn_only)
+        c.meta["act_scales"] = (
+            None if attn_only else set_layer_scales(self.lw, self.ref["moe_in"], self.ids, c.act_scales)
+        )
         self.x = self.ref["attn_in"]
         self.positions = torch.arange(self.x.shape[0])
         self.seed = c.seed

@@ -100,15 +100,19 @@ def reference_moe(x: torch.Tensor, w: MoEWeights, token_ids: torch.Tensor) -> to
     return out.to(torch.bfloat16)
 
 
-def reference_layer(streams: torch.Tensor, lw: LayerWeights, token_ids: torch.Tensor, mode: str) -> dict:
+def reference_layer(
+    streams: torch.Tensor, lw: LayerWeights, token_ids: torch.Tensor, mode: str, attention_only: bool = False
+) -> dict:
     """Every stage of one layer: hc.attn_pre, attn (the attention stages dict), attn.out, hc.attn_post,
-    hc.ffn_pre, moe_in, moe.out, out (the streams after the layer)."""
+    hc.ffn_pre, moe_in, moe.out, out (the streams after the layer); up to attn.out if attention_only."""
     s: dict = {}
     pre = _pre(None, streams, lw, "attn")
     s["hc.attn_pre"] = pre["input"]
     s["attn_in"] = norm_bf16(pre["input"], lw.attn_norm, lw.eps)
     s["attn"] = ref_attn.attention_prefill(s["attn_in"], lw.attn.params, mode)
     s["attn.out"] = s["attn"]["out"]
+    if attention_only:
+        return s
     s["hc.attn_post"] = mhc_post(streams, s["attn.out"], pre["post"], pre["comb"])
     pre2 = _pre(None, s["hc.attn_post"], lw, "ffn")
     s["hc.ffn_pre"] = pre2["input"]

@@ -6,12 +6,31 @@ from __future__ import annotations
 
 from fp4check.moe_check import PIPELINE
 
+# the order a layer computes its stages in (stage ids less the "L{n}." prefix): the first failing one is the catch
+STAGE_ORDER = (
+    "hc.attn_pre",
+    *(f"attn.{s}" for s in ("q", "kv", "compress", "indexer", "kv_write", "kv_read", "core", "out")),
+    "hc.attn_post",
+    "hc.ffn_pre",
+    *(f"moe.{s}" for s in PIPELINE),
+    "hc.ffn_post",
+    "out",
+)
 CLEAN = "(clean)"
 BAD = ("fail", "error", "crash", "timeout")
 
 
-def selftest_specs(base: dict, layer: int, hash_layer: int | None, tokens: int) -> list[tuple[str, dict]]:
-    """(fault, check spec) pairs: each fault on the scenario that exposes it, and the clean runs."""
+def selftest_specs(
+    base: dict,
+    layer: int,
+    hash_layer: int | None,
+    tokens: int,
+    attn_layers: dict[str, int],
+    n_layers: int,
+    token_ids: list[int],
+) -> list[tuple[str, dict]]:
+    """(fault, check spec) pairs: each fault on the scenario that exposes it, and the clean runs.
+    attn_layers: layer type -> the layer its attention faults run on; the chain runs layers 0..n-1."""
     from fp4check.kernels.emulated.faults import FAULTS, NEEDS_A_DEFECT
 
     def spec(fault: str | None, scenario: str, ep_size: int = 1, ep_rank: int = 0, at: int = layer) -> dict:
@@ -30,7 +49,43 @@ def selftest_specs(base: dict, layer: int, hash_layer: int | None, tokens: int) 
             "inject": [fault] if fault else [],
         }
 
+    def attn_spec(fault: str | None, layer_type: str) -> dict:
+        return {
+            **base,
+            "kind": "layer",
+            "check": f"selftest.{fault or 'clean'}.attn-{layer_type}",
+            "scenario": f"attn:{layer_type}",
+            "layer": attn_layers[layer_type],
+            "tokens": tokens,
+            "only": "attn",
+            "phase": "prefill",
+            "ref_mode": "served",
+            "ep_size": 1,
+            "inject": [fault] if fault else [],
+        }
+
+    def chain_spec(fault: str | None) -> dict:
+        return {
+            **base,
+            "kind": "chain",
+            "check": f"selftest.{fault or 'clean'}.chain",
+            "scenario": "chain",
+            "layer": 0,
+            "tokens": tokens,
+            "first": 0,
+            "last": n_layers - 1,
+            "token_ids": token_ids,
+            "ref_mode": "served",
+            "ep_size": 1,
+            "inject": [fault] if fault else [],
+        }
+
     out = []
+    used_types = sorted({s.split(":")[1] for _, _, s in FAULTS.values() if s.startswith("attn:")})
+    for layer_type in used_types:
+        if layer_type in attn_layers:
+            out.append((CLEAN, attn_spec(None, layer_type)))
+    out.append((CLEAN, chain_spec(None)))
     for scenario in ("natural", "uniform", "skewed"):
         out.append((CLEAN, spec(None, scenario)))
     out.append((CLEAN, spec(None, "natural", 2, 1)))
@@ -39,7 +94,12 @@ def selftest_specs(base: dict, layer: int, hash_layer: int | None, tokens: int) 
     for fault, (_, _, scenario) in FAULTS.items():
         if fault in NEEDS_A_DEFECT:
             continue
-        if scenario == "ep-rank-1":
+        if scenario.startswith("attn:"):
+            if scenario[5:] in attn_layers:
+                out.append((fault, attn_spec(fault, scenario[5:])))
+        elif scenario == "chain":
+            out.append((fault, chain_spec(fault)))
+        elif scenario == "ep-rank-1":
             out.append((fault, spec(fault, "natural", 2, 1)))
         else:
             out.append((fault, spec(fault, scenario)))
@@ -52,9 +112,10 @@ def first_catch(rows: list[dict]) -> dict | None:
         return None
 
     def order(r):
-        stage = r["stage"].rsplit(".", 1)[-1]
+        stage = r["stage"].split(".", 1)[-1] if r["stage"].startswith("L") else r["stage"]
         return (
-            PIPELINE.index(stage) if stage in PIPELINE else len(PIPELINE),
+            r.get("layer") if r.get("layer") is not None else 1 << 30,
+            STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER),
             r.get("propagation") != "isolated",
             r.get("compared_to") != "reference",
         )

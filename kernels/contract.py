@@ -174,6 +174,7 @@ class AttentionWeights:
     layer_type: str
     linears: dict  # "wq_a", "wq_b", "wkv", "wo_a", "wo_b", "indexer.wq_b" -> Weight
     params: object  # AttentionParams
+    extra: dict = field(default_factory=dict)  # "compress_freqs": the compressed layers' RoPE frequencies
 
 
 @dataclass

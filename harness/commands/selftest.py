@@ -20,8 +20,10 @@ from fp4check.options import checkpoint_option, json_option, open_checkpoint, se
 )
 @json_option
 def selftest(checkpoint, tokens: int, seed: int, out, as_json: bool) -> None:
-    """Run every injected fault through the MoE checks and print the detection matrix (fault, the stage that
-    caught it first, metric and value); clean runs must stay clean. Exit 1 if a fault goes undetected or a
+    """Run every injected fault through the checks that should catch it (MoE faults through the MoE check,
+    attention faults through the attention half of a layer of the type they live in, faults between
+    layers through the chain) and print the detection matrix (fault, the stage that caught it first, metric
+    and value); clean runs must stay clean. Exit 1 if a fault goes undetected or a
     clean run is flagged."""
     from pathlib import Path
 
@@ -43,7 +45,16 @@ def selftest(checkpoint, tokens: int, seed: int, out, as_json: bool) -> None:
         "thresholds": [],
         "config": None,
     }
-    specs = selftest_specs(base, layer, hashed[0] if hashed else None, tokens)
+    cfg = ckpt.config
+    attn_layers = {}
+    for layer_type in ("C4A", "C128A", "SWA"):
+        found = cfg.layers_of_type(layer_type)
+        if found:
+            attn_layers[layer_type] = ([i for i in found if cfg.layers[i].routing == "bias"] or found)[0]
+    from fp4check.commands.chain import parse_token_ids
+
+    ids = parse_token_ids(None, tokens, cfg.vocab_size, seed)
+    specs = selftest_specs(base, layer, hashed[0] if hashed else None, tokens, attn_layers, cfg.num_hidden_layers, ids)
     path, run_id = new_run_dir(Path(out) if out else None)
     writer = RunWriter(path, run_id, run_meta(ckpt, seed, "emulated (faults injected)"))
     results = []

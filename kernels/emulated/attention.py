@@ -29,18 +29,23 @@ from fp4check.references.sparse_attention import (
 )
 
 
-def attn_q(x: torch.Tensor, w: AttentionWeights, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+# rope=, freqs= let a fault swap the rotation (rotate-half pairs, YaRN on an SWA layer) in one place
+def attn_q(
+    x: torch.Tensor, w: AttentionWeights, positions: torch.Tensor, rope=apply_rope, freqs=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     p = w.params
     qr = rms_norm(linear_as_served(x, w.linears["wq_a"]).float(), p.q_norm, p.eps).to(torch.bfloat16)
     q = linear_as_served(qr, w.linears["wq_b"]).float().view(x.shape[0], p.n_heads, p.head_dim)
     q = q * torch.rsqrt(q.pow(2).mean(-1, keepdim=True) + p.eps)
-    return qr, apply_rope(q, rope_angles(positions, p.freqs), p.rope_dim).to(torch.bfloat16)
+    angles = rope_angles(positions, p.freqs if freqs is None else freqs)
+    return qr, rope(q, angles, p.rope_dim).to(torch.bfloat16)
 
 
-def attn_kv(x: torch.Tensor, w: AttentionWeights, positions: torch.Tensor) -> torch.Tensor:
+def attn_kv(x: torch.Tensor, w: AttentionWeights, positions: torch.Tensor, rope=apply_rope, freqs=None) -> torch.Tensor:
     p = w.params
     kv = rms_norm(linear_as_served(x, w.linears["wkv"]).float(), p.kv_norm, p.eps)
-    return apply_rope(kv, rope_angles(positions, p.freqs), p.rope_dim).to(torch.bfloat16)
+    angles = rope_angles(positions, p.freqs if freqs is None else freqs)
+    return rope(kv, angles, p.rope_dim).to(torch.bfloat16)
 
 
 def compressor(x: torch.Tensor, w: AttentionWeights) -> torch.Tensor:
@@ -61,10 +66,14 @@ def indexer(
     return scores, indexer_topk(scores, p.index_topk, p.ratio)
 
 
-def attn_out(core: torch.Tensor, w: AttentionWeights, positions: torch.Tensor) -> torch.Tensor:
+def attn_out(
+    core: torch.Tensor, w: AttentionWeights, positions: torch.Tensor, rope=apply_rope, freqs=None
+) -> torch.Tensor:
     p = w.params
     t = core.shape[0]
-    o = apply_rope(core, rope_angles(positions, p.freqs), p.rope_dim, inverse=True)
+    o = core
+    if rope is not None:  # None: the inverse rotation left out (a fault)
+        o = rope(core, rope_angles(positions, p.freqs if freqs is None else freqs), p.rope_dim, inverse=True)
     groups = o.float().reshape(t, p.o_groups, -1)
     wa = w.linears["wo_a"].dequantize().view(p.o_groups, -1, groups.shape[-1])
     z = torch.einsum("tgk,grk->tgr", groups, wa).reshape(t, -1).to(torch.bfloat16)

@@ -13,6 +13,9 @@ import torch
 
 from fp4check.kernels.contract import GroupedNVFP4, MoEOutput, NVFP4Activation, RoutePlan
 from fp4check.kernels.emulated import EmulatedBackend
+from fp4check.kernels.emulated import attention as emu_attn
+from fp4check.kernels.emulated import attn_faults as af
+from fp4check.kernels.emulated import kv_cache as kvc
 from fp4check.kernels.emulated import moe as emu
 from fp4check.references.e2m1 import pack_e2m1, unpack_e2m1
 from fp4check.references.nvfp4 import NVFP4_BLOCK, DecodeScale
@@ -65,6 +68,39 @@ FAULTS: dict[str, tuple[str, str, str]] = {
     "nibble-swap": ("element 2i packed in the high nibble", "spec nvfp4 §1.7", "natural"),
     "biased-routing-weights": ("router weights from score + bias instead of the score", "spec §4.5", "natural"),
     "no-routed-scaling": ("routing weights not multiplied by routed_scaling_factor", "spec §4.6", "natural"),
+    # attention: the scenario "attn:TYPE" runs the attention half of the first layer of that type;
+    # "chain" runs the layers in sequence (a fault that lives between layers)
+    "rope-rotate-half": (
+        "RoPE on rotate-half pairs (i, i+32) instead of the interleaved (2i, 2i+1)",
+        "seeds 000 (RoPE slice bug), spec §2.6",
+        "attn:C4A",
+    ),
+    "no-inverse-rope": (
+        "the attention output's rope dims not rotated back before wo_a",
+        "spec §4 bug 10 (Primus #928)",
+        "attn:C4A",
+    ),
+    "sink-ignored": ("attention softmax without the sink in the denominator", "spec §2.5 step 7", "attn:SWA"),
+    "yarn-on-swa": (
+        "SWA layers rotated with the compressed layers' theta and YaRN",
+        "spec §4 bug 9 (vLLM #54815, sglang #30920)",
+        "attn:SWA",
+    ),
+    "csa-overlap-shift": (
+        "CSA entry w pools the Ca half of window w-2 instead of w-1",
+        "spec §4 bug 11 (compressor boundary)",
+        "attn:C4A",
+    ),
+    "kv-scale-not-pow2": (
+        "KV no-rope dims quantized with amax/448 but stored with the power-of-two exponent",
+        "seeds 000 (fp8 dequant fix), spec §2.13",
+        "attn:C4A",
+    ),
+    "stale-entry-cache": (
+        "one compressed-entry cache reused by every layer without being rewritten",
+        "seeds 002 bug 21 (shared buffers), seeds 000 (zeroed buffers)",
+        "chain",
+    ),
 }
 TINY_INPUT_SCALE_FACTOR = 3977.6
 # Faults that only bite together with a defective checkpoint: selftest, which runs clean checkpoints,
@@ -95,6 +131,7 @@ class FaultyEmulated(EmulatedBackend):
         self.faults = set(faults)
         self.name = "emulated+" + ",".join(sorted(faults))
         self._plan: RoutePlan | None = None
+        self._stale = af.StaleEntryCache()
 
     # --- routing and plan --------------------------------------------------------------------------
 
@@ -197,3 +234,42 @@ class FaultyEmulated(EmulatedBackend):
             return emu.moe_forward(x, w2, token_ids, plan, ops=self)
         finally:
             self._plan = None
+
+    # --- attention -----------------------------------------------------------------------------------
+
+    def _rope(self, w):
+        """(rotation, frequencies) this faulty runner uses for layer w."""
+        rope = af.rope_rotate_half if "rope-rotate-half" in self.faults else emu_attn.apply_rope
+        yarn = "yarn-on-swa" in self.faults and w.params.ratio == 0
+        return rope, (w.extra["compress_freqs"] if yarn else None)
+
+    def attn_q(self, x, w, positions):
+        rope, freqs = self._rope(w)
+        return emu_attn.attn_q(x, w, positions, rope=rope, freqs=freqs)
+
+    def attn_kv(self, x, w, positions):
+        rope, freqs = self._rope(w)
+        return emu_attn.attn_kv(x, w, positions, rope=rope, freqs=freqs)
+
+    def attn_out(self, core, w, positions):
+        rope, freqs = self._rope(w)
+        return emu_attn.attn_out(
+            core, w, positions, rope=None if "no-inverse-rope" in self.faults else rope, freqs=freqs
+        )
+
+    def compressor(self, x, w):
+        if "csa-overlap-shift" in self.faults and w.params.ratio == 4:
+            entries = af.compressor_overlap_shifted(x, w)
+        else:
+            entries = emu_attn.compressor(x, w)
+        return self._stale(entries) if "stale-entry-cache" in self.faults else entries
+
+    def kv_cache_write(self, pages, block, slots, kv):
+        if "kv-scale-not-pow2" in self.faults:
+            return af.kv_write_linear_scale(pages, block, slots, kv)
+        return kvc.kv_cache_write(pages, block, slots, kv)
+
+    def paged_attention(self, q, pages, block, slots, sink):
+        if "sink-ignored" in self.faults:
+            sink = torch.full_like(sink, float("-inf"))
+        return kvc.paged_attention(q, pages, block, slots, sink)
