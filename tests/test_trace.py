@@ -75,3 +75,21 @@ def test_divergence_trace(tiny_modelopt):
     assert code == 1 and d["first"] == "L1.moe.quant_l1"  # quantizing x is the first lossy step
     code, d = _trace("--checkpoint", str(tiny_modelopt), "--metric", "cosine", "--threshold", "0.5", "--layers", "1")
     assert code == 0 and d["first"] is None
+
+
+def test_bisection_finds_the_blocks_a_non_local_bug_needs(tiny_modelopt):
+    """stale-entry-cache: layer 2 (C128A) reads the entries layer 0 left in a reused cache. Neither block
+    fails alone; the bisection must end at exactly the pair, and print its steps."""
+    r = run_cli("nan-trace", "--bisect", "--inject", "stale-entry-cache", "--layers", "0-2",
+                "--checkpoint", str(tiny_modelopt), "--json")
+    assert r.exit_code == 1, r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    assert out["minimal"] == ["L0.attn", "L2.attn"] and "non-local" in out["cause"]
+    steps = out["steps"]
+    assert steps[0]["reproduces"] and len(steps[0]["on_backend"]) == 6
+    assert any(not s["reproduces"] and s["on_backend"] == ["L2.attn"] for s in steps)
+
+
+def test_bisection_of_a_clean_backend_finds_nothing(tiny_modelopt):
+    r = run_cli("nan-trace", "--bisect", "--layers", "3", "--checkpoint", str(tiny_modelopt), "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["minimal"] is None

@@ -33,10 +33,17 @@ from fp4check.options import checkpoint_option, json_option, open_checkpoint, se
     "reference falls below --threshold.",
 )
 @click.option("--threshold", type=float, default=0.98, show_default=True, help="Gate for --metric cosine.")
+@click.option(
+    "--bisect",
+    "do_bisect",
+    is_flag=True,
+    help="Substitution bisection over the chain: the smallest set of blocks (a layer's attn or moe) that, run "
+    "on the backend with the rest on the emulated pipeline, still changes the output (cosine < 0.9999 or NaN).",
+)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Results folder.")
 @json_option
 def nan_trace(
-    checkpoint, layers, backend, inject, tokens, scenario, seed, act_scales, metric, threshold, out, as_json
+    checkpoint, layers, backend, inject, tokens, scenario, seed, act_scales, metric, threshold, do_bisect, out, as_json
 ) -> None:
     """Find where a NaN (or a divergence) is first produced, not where it is passed on: per stage, finite or
     not, NaN/Inf counts and amax for the backend and the reference; the producer diagnosed (rerun with the
@@ -56,6 +63,9 @@ def nan_trace(
     path, run_id = new_run_dir(out)
     writer = RunWriter(path, run_id, run_meta(ckpt, seed, be.name))
     con = stdout_console()
+    if do_bisect:
+        _bisect(ckpt, backend, faults, layer_list, tokens, seed, path, writer, con, as_json)
+        return
     if metric == "cosine":
         from fp4check.moe_check import PIPELINE, MoECheck, moe_rows
         from fp4check.thresholds import Thresholds
@@ -147,3 +157,49 @@ def nan_trace(
         con.print(f"[bold]{'cause' if hit else 'result'}:[/bold] {cause}")
         con.print(f"results: {path}")
     sys.exit(1 if hit else 0)
+
+
+def _bisect(
+    ckpt, backend: str, faults: list[str], layers: list[int], tokens: int, seed: int, path, writer, con, as_json
+):
+    import torch
+
+    from fp4check.bisect import bisect
+    from fp4check.commands.chain import parse_token_ids
+    from fp4check.kernels.registry import load_backend
+    from fp4check.reports.terminal import progress_bar
+
+    ids = torch.tensor(parse_token_ids(None, tokens, ckpt.config.vocab_size, seed))
+    with progress_bar("bisecting") as update:
+        update(0, 1, "all blocks on the backend")
+        found, steps = bisect(ckpt, lambda: load_backend(backend, faults), layers, ids, seed)
+        update(1, 1, "done")
+    units = [f"L{n}.{b}" for n, b in found] if found else None
+    if found is None:
+        cause = "no failure to bisect: with every block on the backend the output matches the emulated pipeline"
+    else:
+        cause = f"the failure needs these blocks on the backend: {', '.join(units)}" + (
+            " (more than one: a non-local bug, state shared between them)" if len(units) > 1 else ""
+        )
+    trace = {"metric": "bisect", "minimal": units, "steps": [s.as_dict() for s in steps], "cause": cause}
+    (path / "trace.json").write_text(json.dumps(trace, indent=2, default=str) + "\n")
+    writer.finish()
+    if as_json:
+        click.echo(json.dumps({"run_dir": str(path), **trace}, default=str))
+    else:
+        t = Table(title="substitution bisection (blocks on the backend; the rest emulated)", title_justify="left")
+        for col in ("step", "on the backend", "cosine", "NaN", "reproduces"):
+            t.add_column(col, overflow="fold")
+        for i, st in enumerate(steps, 1):
+            d = st.as_dict()
+            t.add_row(
+                str(i),
+                ", ".join(d["on_backend"]),
+                f"{d['cosine']:.6f}",
+                str(d["nan"]),
+                "[red]yes[/]" if d["reproduces"] else "[green]no[/]",
+            )
+        con.print(t)
+        con.print(f"[bold]{'cause' if found else 'result'}:[/bold] {cause}")
+        con.print(f"results: {path}")
+    sys.exit(1 if found else 0)
