@@ -12,10 +12,12 @@ import click
 
 from fp4check import __version__
 from fp4check.commands.audit import audit
+from fp4check.commands.bench import bench
 from fp4check.commands.chain import chain
 from fp4check.commands.checks import kernel, layer
 from fp4check.commands.compare import diff, history
 from fp4check.commands.doctor import doctor
+from fp4check.commands.graph import graph
 from fp4check.commands.info import info
 from fp4check.commands.report import report
 from fp4check.commands.run import run
@@ -78,6 +80,8 @@ cli.add_command(history)
 cli.add_command(selftest)
 cli.add_command(audit)
 cli.add_command(nan_trace)
+cli.add_command(bench)
+cli.add_command(graph)
 
 
 def main() -> None:

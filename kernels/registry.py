@@ -59,7 +59,9 @@ BUILTIN_BACKENDS = (
     BackendInfo("reference", "BF16/FP32 reference math on dequantized weights", Needs()),
     BackendInfo("emulated", "pure-torch NVFP4 pipeline in the kernels' own layouts (CPU or GPU)", Needs()),
     BackendInfo(
-        "triton", "Triton NVFP4 quantize and grouped GEMM", Needs(gpu=True, modules=("triton",), packages=("triton",))
+        "triton",
+        "Triton NVFP4 quantize and grouped GEMM (software e2m1 decode, bf16 MMA), the rest emulated",
+        Needs(gpu=True, min_capability=(8, 9), modules=("triton",), packages=("triton",)),
     ),
     BackendInfo(
         "cutedsl",
@@ -75,6 +77,7 @@ ENTRY_POINT_GROUP = "fp4check.backends"
 _BUILTIN_IMPL = {
     "reference": ("fp4check.kernels.reference", "ReferenceBackend"),
     "emulated": ("fp4check.kernels.emulated", "EmulatedBackend"),
+    "triton": ("fp4check.kernels.triton", "TritonBackend"),
 }
 
 

@@ -15,6 +15,7 @@ SUBPACKAGES = [
     "fp4check.kernels",
     "fp4check.kernels.emulated",
     "fp4check.kernels.reference",
+    "fp4check.kernels.triton",
     "fp4check.references",
     "fp4check.reports",
 ]

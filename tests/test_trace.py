@@ -80,8 +80,17 @@ def test_divergence_trace(tiny_modelopt):
 def test_bisection_finds_the_blocks_a_non_local_bug_needs(tiny_modelopt):
     """stale-entry-cache: layer 2 (C128A) reads the entries layer 0 left in a reused cache. Neither block
     fails alone; the bisection must end at exactly the pair, and print its steps."""
-    r = run_cli("nan-trace", "--bisect", "--inject", "stale-entry-cache", "--layers", "0-2",
-                "--checkpoint", str(tiny_modelopt), "--json")
+    r = run_cli(
+        "nan-trace",
+        "--bisect",
+        "--inject",
+        "stale-entry-cache",
+        "--layers",
+        "0-2",
+        "--checkpoint",
+        str(tiny_modelopt),
+        "--json",
+    )
     assert r.exit_code == 1, r.stdout + r.stderr
     out = json.loads(r.stdout)
     assert out["minimal"] == ["L0.attn", "L2.attn"] and "non-local" in out["cause"]

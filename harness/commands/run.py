@@ -15,8 +15,9 @@ from fp4check.commands.checks import _prepare, _run, base_spec, check_options
     type=click.Choice(["quick", "ci", "full"]),
     default="quick",
     show_default=True,
-    help="quick: each layer type and the key scenarios (CPU, under a minute on the tiny checkpoint); "
-    "ci: + every layer and scenario the B200 gate needs; full: every layer x scenario and kernel.",
+    help="quick: each layer type whole and the key scenarios (CPU, under a minute on the tiny checkpoint); "
+    "ci: + every layer, the chain, and the scenarios the B200 gate needs; full: + exact mode, every layer "
+    "x scenario and kernel.",
 )
 @click.option("--html", type=click.Path(path_type=Path), default=None, help="Write the HTML report here.")
 @click.option("--junit", type=click.Path(path_type=Path), default=None, help="Write JUnit XML here.")
@@ -28,6 +29,6 @@ def run(suite: str, html: Path | None, junit: Path | None, **opts) -> None:
     opts["scenario"] = "natural"
     ckpt, _ = _prepare(opts, None, None)
     base = base_spec(ckpt, opts)
-    specs = [{**base, **c} for c in suite_checks(suite, ckpt, opts["tokens"])]
+    specs = [{**base, **c} for c in suite_checks(suite, ckpt, opts["tokens"], opts["seed"])]
     opts.update(html=html, junit=junit)
     _run(ckpt, specs, opts, title=f"suite {suite}", extra_meta={"suite": suite})

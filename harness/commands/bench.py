@@ -1,0 +1,238 @@
+"""`fp4check bench OP`: GPU kernel timings with their ratio to limits measured in the same run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from fp4check.options import json_option, seed_option
+
+# Pro MoE shapes: 384 experts, hidden 7168, intermediate 3072 (L1 = w1|w3 -> 6144), top-6, 4096 tokens
+PRO = {"l1": (384, 6144, 7168), "l2": (384, 7168, 3072)}
+OPS = ("quant", "l1", "l2")
+
+
+def _counts(tokens: int, topk: int, experts: int, routing: str, gen) -> list[int]:
+    import torch
+
+    if routing == "uniform":
+        base = [tokens * topk // experts] * experts
+        for i in range(tokens * topk - sum(base)):
+            base[i] += 1
+        return base
+    # skewed: expert popularity ~ 1/rank^1.2, each token's top-k distinct
+    p = 1.0 / torch.arange(1, experts + 1, dtype=torch.float64) ** 1.2
+    ids = torch.multinomial(p.expand(tokens, -1), topk, replacement=False, generator=gen)
+    return torch.bincount(ids.flatten(), minlength=experts).tolist()
+
+
+def _gemm_case(op: str, shape: tuple[int, int, int], tokens: int, topk: int, routing: str, seed: int, sets: int):
+    import torch
+
+    from fp4check.kernels.triton.nvfp4_quant import nvfp4_quantize
+
+    experts, n, k = shape
+    gen = torch.Generator().manual_seed(seed)
+    counts = _counts(tokens, topk, experts, routing, gen)
+    padded = [-(-c // 128) * 128 for c in counts]
+    offsets = torch.tensor([0, *padded], dtype=torch.int64).cumsum(0).cuda()
+    rows = int(offsets[-1])
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    b_packed = torch.randint(0, 256, (experts, n, k // 2), dtype=torch.uint8, device="cuda", generator=g)
+    b_scales = torch.randint(0x30, 0x40, (experts, n, k // 16), dtype=torch.uint8, device="cuda", generator=g)
+    groups = 2 if op == "l1" else 1
+    b_global = torch.rand(experts, groups, device="cuda", generator=g) * 1e-3 + 1e-4
+    inputs = []
+    for _ in range(sets):
+        x = torch.randn(rows, k, device="cuda", generator=g).to(torch.bfloat16)
+        enc = torch.tensor([2688.0 / 6.0], device="cuda")
+        ap, asc = nvfp4_quantize(x, enc)
+        inputs.append((ap, asc, 1.0 / enc, b_packed, b_scales, b_global, offsets))
+    useful = 2.0 * tokens * topk * n * k
+    return inputs, rows, useful, counts
+
+
+def _dequant_weights(b_packed, b_scales, b_global):
+    """The alternative a user would pick first: every expert's weight to bf16 with torch ops."""
+    import torch
+
+    lut = torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], device=b_packed.device)
+    codes = torch.stack([b_packed & 15, b_packed >> 4], -1).flatten(-2).long()
+    e, n, k = codes.shape
+    vals = lut[codes].view(e, n, k // 16, 16) * b_scales.view(torch.float8_e4m3fn).float().unsqueeze(-1)
+    groups = b_global.shape[-1]
+    vals = vals.view(e, groups, n // groups, k) * b_global.view(e, groups, 1, 1)
+    return vals.view(e, n, k).to(torch.bfloat16)
+
+
+def _dequant_act(ap, asc, dec, rows: int, k: int):
+    import torch
+
+    from fp4check.references.swizzle import unswizzle_128x4
+
+    lut = torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], device=ap.device)
+    codes = torch.stack([ap & 15, ap >> 4], -1).flatten(-2).long()
+    s = unswizzle_128x4(asc.view(torch.float8_e4m3fn), rows, k // 16).float()
+    return (lut[codes].view(rows, k // 16, 16) * s.unsqueeze(-1) * dec).view(rows, k).to(torch.bfloat16)
+
+
+def _torch_grouped(a_bf16, w_bf16, offsets):
+    import torch
+
+    ends = offsets[1:].to(torch.int32)
+    if hasattr(torch, "_grouped_mm"):
+        return torch._grouped_mm(a_bf16, w_bf16.transpose(1, 2), offs=ends)
+    out = torch.empty(a_bf16.shape[0], w_bf16.shape[1], dtype=torch.bfloat16, device=a_bf16.device)
+    for e in range(w_bf16.shape[0]):  # pragma: no cover - older torch
+        lo, hi = int(offsets[e]), int(offsets[e + 1])
+        out[lo:hi] = a_bf16[lo:hi] @ w_bf16[e].t()
+    return out
+
+
+@click.command()
+@click.argument("op", type=click.Choice(OPS))
+@click.option("--shape", default=None, help="quant: MxK (default 8192x7168); l1/l2: E,N,K (default the Pro MoE).")
+@click.option("--tokens", type=int, default=4096, show_default=True, help="Tokens (l1/l2).")
+@click.option("--topk", type=int, default=6, show_default=True, help="Experts per token (l1/l2).")
+@click.option("--routing", type=click.Choice(["uniform", "skewed"]), default="uniform", show_default=True)
+@click.option("--backend", default="triton", show_default=True, help="Backend whose kernel is timed (triton).")
+@click.option("--runs", type=int, default=50, show_default=True, help="Timed runs (at least 50).")
+@seed_option
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Append the rows to this CSV.")
+@json_option
+def bench(op, shape, tokens, topk, routing, backend, runs, seed, csv_path, as_json) -> None:
+    """Time a kernel with CUDA events (warm-up, L2 flushed and inputs rotated between runs, median and
+    10th/90th percentiles), eager and CUDA-graph, next to a device-to-device copy (bandwidth), a bf16
+    matmul (compute) and the dequantize-then-torch alternative, all measured in this run."""
+    import torch
+
+    from fp4check.environment import gpus, versions
+    from fp4check.errors import InputError
+    from fp4check.gpu_bench import copy_bandwidth, matmul_flops, time_op
+    from fp4check.kernels.registry import load_backend
+    from fp4check.reports.terminal import stdout_console
+
+    be = load_backend(backend)
+    if backend != "triton":
+        raise InputError(f"fp4check bench times the triton backend's kernels; {backend} has none to time")
+    unmet = be.needs.unmet()
+    if unmet:
+        raise InputError(f"backend {backend} cannot run here: {unmet}")
+    if runs < 50:
+        raise InputError("--runs must be at least 50")
+    from fp4check.kernels.triton.grouped_gemm import grouped_gemm
+    from fp4check.kernels.triton.nvfp4_quant import nvfp4_quantize
+
+    bw, flops = copy_bandwidth(runs), matmul_flops(runs)
+    rows_out = []
+    common = {
+        "op": op,
+        "gpu": gpus()[0]["name"] if gpus() else "",
+        "versions": json.dumps(versions()),
+        "command": " ".join(["fp4check", *sys.argv[1:]]),
+        "copy_GBps": bw / 1e9,
+        "matmul_TFLOPs": flops / 1e12,
+    }
+    if op == "quant":
+        m, k = (int(v) for v in (shape or "8192x7168").lower().split("x"))
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        xs = [
+            (torch.randn(m, k, device="cuda", generator=g).to(torch.bfloat16), torch.tensor([100.0], device="cuda"))
+            for _ in range(3)
+        ]
+        moved = m * k * 2 + m * k // 2 + m * k // 16
+        from fp4check.kernels.emulated.moe import quantize_activation
+        from fp4check.references.nvfp4 import EncodeScale
+
+        for label, fn, graph in (
+            ("triton eager", nvfp4_quantize, False),
+            ("triton graph", nvfp4_quantize, True),
+            ("torch codec (alternative)", lambda x, e: quantize_activation(x, EncodeScale(e.reshape(()))), False),
+        ):
+            t = time_op(fn, xs, runs, graph=graph)
+            gbps = moved / (t.median_us * 1e-6) / 1e9
+            rows_out.append(
+                {
+                    **common,
+                    "variant": label,
+                    "shape": f"{m}x{k}",
+                    **t.as_dict(),
+                    "GBps": gbps,
+                    "of_copy_bw": gbps * 1e9 / bw,
+                }
+            )
+    else:
+        e, n, k = PRO[op] if shape is None else tuple(int(v) for v in shape.split(","))
+        inputs, rows, useful, counts = _gemm_case(op, (e, n, k), tokens, topk, routing, seed, sets=2)
+        shape_s = f"E{e} N{n} K{k} T{tokens} top{topk} {routing} rows{rows}"
+        variants = [("triton eager", grouped_gemm, False), ("triton graph", grouped_gemm, True)]
+        try:
+            w16 = _dequant_weights(*inputs[0][3:6])
+            acts = [(_dequant_act(ap, asc, dec, rows, k), w16, off) for ap, asc, dec, _, _, _, off in inputs]
+
+            def alt_full(ap, asc, dec, bp, bs, bg, off):
+                return _torch_grouped(_dequant_act(ap, asc, dec, rows, k), _dequant_weights(bp, bs, bg), off)
+
+            variants.append(("dequantize + torch grouped_mm (alternative)", alt_full, False))
+            t_w16 = time_op(_torch_grouped, acts, runs)
+            del acts, w16  # 4x the packed weights: free them before the per-call dequantization
+        except torch.OutOfMemoryError:
+            t_w16 = None
+        for label, fn, graph in variants:
+            t = time_op(fn, inputs, runs, graph=graph)
+            tf = useful / (t.median_us * 1e-6)
+            rows_out.append(
+                {
+                    **common,
+                    "variant": label,
+                    "shape": shape_s,
+                    **t.as_dict(),
+                    "TFLOPs": tf / 1e12,
+                    "of_matmul": tf / flops,
+                }
+            )
+        if t_w16 is not None:
+            tf = useful / (t_w16.median_us * 1e-6)
+            rows_out.append(
+                {
+                    **common,
+                    "variant": "torch grouped_mm on pre-dequantized bf16 weights (W16, 4x memory)",
+                    "shape": shape_s,
+                    **t_w16.as_dict(),
+                    "TFLOPs": tf / 1e12,
+                    "of_matmul": tf / flops,
+                }
+            )
+    if csv_path:
+        new = not Path(csv_path).exists()
+        keys = sorted({key for r in rows_out for key in r})
+        with open(csv_path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            if new:
+                w.writeheader()
+            w.writerows(rows_out)
+    if as_json:
+        click.echo(json.dumps(rows_out, default=str))
+        return
+    from rich.table import Table
+
+    con = stdout_console()
+    t = Table(title=f"bench {op} on {common['gpu']}: copy {bw / 1e9:.0f} GB/s, bf16 matmul {flops / 1e12:.0f} TFLOP/s")
+    for col in ("variant", "shape", "median us", "p10-p90 us", "rate", "of limit"):
+        t.add_column(col)
+    for r in rows_out:
+        rate = f"{r['GBps']:.0f} GB/s" if "GBps" in r else f"{r['TFLOPs']:.1f} TFLOP/s"
+        frac = r.get("of_copy_bw", r.get("of_matmul"))
+        t.add_row(
+            r["variant"],
+            r["shape"],
+            f"{r['median_us']:.1f}",
+            f"{r['p10_us']:.1f}-{r['p90_us']:.1f}",
+            rate,
+            f"{frac:.0%}",
+        )
+    con.print(t)

@@ -1,0 +1,119 @@
+"""The `triton` backend on a GPU: the quantizer code for code against the exact codec (ties included),
+the grouped GEMM against the emulated pipeline, the checks end to end, CUDA-graph replay. Skipped
+cleanly, with the reason, where there is no CUDA GPU or no Triton (CI)."""
+
+import pytest
+import torch
+from conftest import run_cli
+
+from fp4check.kernels.registry import load_backend
+
+BACKEND = load_backend("triton")
+pytestmark = pytest.mark.skipif(BACKEND.needs.unmet() is not None, reason=f"triton backend: {BACKEND.needs.unmet()}")
+
+
+def _adversarial(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
+    """Heavy-tailed rows, plus blocks built on the e2m1 midpoints (ties), a zero block, -0.0, a NaN block,
+    an Inf, tiny and huge magnitudes."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, cols, generator=g) * torch.exp(2 * torch.randn(rows, 1, generator=g))
+    mids = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0])
+    x[0, :16] = torch.cat([mids, -mids])  # amax 6: block scale exact, every midpoint a tie
+    x[1, :16] = 0.0
+    x[1, 16:32] = -0.0
+    x[2, 3] = float("nan")
+    x[3, 40] = float("inf")
+    x[4, :] *= 1e-30
+    x[5, :] *= 1e4
+    return x.to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("rows", [1, 200, 384])
+def test_quantize_is_code_for_code_the_exact_codec(rows):
+    from fp4check.kernels.emulated.moe import quantize_activation
+    from fp4check.references.nvfp4 import global_encode_scale, rounding_ties
+
+    x = _adversarial(rows, 1024)
+    g = global_encode_scale(x.float().nan_to_num(posinf=0).abs().amax())
+    want = quantize_activation(x, g)
+    got = BACKEND.nvfp4_quantize(x, g)
+    assert torch.equal(got.scales.view(torch.uint8), want.scales.view(torch.uint8))
+    assert torch.equal(got.packed, want.packed)
+    # the tie row really is on midpoints (so the equality above covers round-half-to-even)
+    from fp4check.references.nvfp4 import nvfp4_quantize
+
+    assert rounding_ties(x[:1].float(), nvfp4_quantize(x[:1].float(), g).scales, g)[0, :16].all()
+
+
+def _moe_operands(experts: int, n: int, k: int, counts: list[int], groups: int, seed: int = 0):
+    from fp4check.kernels.contract import GroupedNVFP4
+    from fp4check.kernels.emulated.moe import quantize_activation
+    from fp4check.references.nvfp4 import DecodeScale, global_encode_scale, nvfp4_quantize
+
+    g = torch.Generator().manual_seed(seed)
+    padded = [-(-c // 128) * 128 for c in counts]
+    offsets = torch.tensor([0] + padded).cumsum(0)
+    rows = int(offsets[-1])
+    x = torch.zeros(rows, k)
+    for e, c in enumerate(counts):
+        x[int(offsets[e]) : int(offsets[e]) + c] = torch.randn(c, k, generator=g)
+    x = x.to(torch.bfloat16)
+    a = quantize_activation(x, global_encode_scale(x.float().abs().amax()))
+    packed, scales, globals_ = [], [], []
+    for _ in range(experts):
+        w = torch.randn(n, k, generator=g) * 0.05
+        parts = [nvfp4_quantize(h) for h in w.chunk(groups)]
+        packed.append(torch.cat([p.packed for p in parts]))
+        scales.append(torch.cat([p.scales.view(torch.uint8) for p in parts]))
+        globals_.append(torch.stack([p.global_scale.to_decode().value.reshape(()) for p in parts]))
+    b = GroupedNVFP4(
+        torch.stack(packed), torch.stack(scales).view(torch.float8_e4m3fn), DecodeScale(torch.stack(globals_))
+    )
+    return a, b, offsets
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_grouped_gemm_conforms_to_the_emulated_pipeline(groups):
+    from fp4check.kernels.emulated.moe import grouped_gemm_nvfp4
+    from fp4check.metrics import compare
+
+    a, b, offsets = _moe_operands(6, 256, 512, [130, 0, 5, 128, 300, 1], groups)
+    want = grouped_gemm_nvfp4(a, b, offsets)
+    got = BACKEND.grouped_gemm_nvfp4(a, b, offsets)
+    m = compare(got.float(), want.float())
+    assert m["cosine"] > 0.99999 and m["nan_out"] == 0
+    # accumulation-order noise only: within a couple of bf16 ulps of the emulated result
+    assert torch.allclose(got.float(), want.float(), rtol=2**-6, atol=1e-3)
+
+
+def test_kernel_checks_pass_on_the_triton_backend(tiny_modelopt):
+    r = run_cli("kernel", "quant", "l1", "l2", "--backend", "triton", "--checkpoint", str(tiny_modelopt))
+    assert r.exit_code == 0, r.stdout[-3000:] + r.stderr
+    r = run_cli("layer", "--type", "C4A", "--only", "moe", "--backend", "triton", "--checkpoint", str(tiny_modelopt))
+    assert r.exit_code == 0, r.stdout[-3000:] + r.stderr
+
+
+def test_triton_ops_replay_in_a_cuda_graph():
+    from fp4check.kernels.triton.grouped_gemm import grouped_gemm
+    from fp4check.kernels.triton.nvfp4_quant import nvfp4_quantize
+
+    a, b, offsets = _moe_operands(4, 256, 512, [128, 64, 0, 200], 2)
+    x = torch.randn(a.rows, 512, device="cuda").to(torch.bfloat16)
+    enc = torch.tensor([100.0], device="cuda")
+    bp, bs, bg = b.packed.cuda(), b.scales.view(torch.uint8).cuda(), b.global_scale.value.cuda()
+    off, dec = offsets.cuda(), (1 / enc)
+
+    def step():
+        p, s = nvfp4_quantize(x, enc)
+        return grouped_gemm(p, s, dec, bp, bs, bg, off)
+
+    eager = step()  # compiles outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = step()
+    for seed in range(3):
+        x.copy_(torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)).to(torch.bfloat16))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(static, step())
+    assert not torch.equal(static, eager)
