@@ -40,13 +40,13 @@ def _cuda(obj):
         return {k: _cuda(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return type(obj)(_cuda(v) for v in obj)
+    if hasattr(obj, "value") and isinstance(obj.value, torch.Tensor):  # EncodeScale / DecodeScale (frozen)
+        return type(obj)(obj.value.cuda())
     if hasattr(obj, "__dataclass_fields__"):
         new = copy.copy(obj)
         for f in obj.__dataclass_fields__:
-            setattr(new, f, _cuda(getattr(obj, f)))
+            object.__setattr__(new, f, _cuda(getattr(obj, f)))
         return new
-    if hasattr(obj, "value") and isinstance(obj.value, torch.Tensor):  # EncodeScale / DecodeScale
-        return type(obj)(obj.value.cuda())
     return obj
 
 

@@ -57,16 +57,20 @@ def _gemm_case(op: str, shape: tuple[int, int, int], tokens: int, topk: int, rou
 
 
 def _dequant_weights(b_packed, b_scales, b_global):
-    """The alternative a user would pick first: every expert's weight to bf16 with torch ops."""
+    """The alternative a user would pick first: every expert's weight to bf16 with torch ops (an expert
+    at a time: the float32 intermediates of all 384 at once would not fit)."""
     import torch
 
     lut = torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], device=b_packed.device)
-    codes = torch.stack([b_packed & 15, b_packed >> 4], -1).flatten(-2).long()
-    e, n, k = codes.shape
-    vals = lut[codes].view(e, n, k // 16, 16) * b_scales.view(torch.float8_e4m3fn).float().unsqueeze(-1)
+    e, n, half = b_packed.shape
+    k = half * 2
     groups = b_global.shape[-1]
-    vals = vals.view(e, groups, n // groups, k) * b_global.view(e, groups, 1, 1)
-    return vals.view(e, n, k).to(torch.bfloat16)
+    out = torch.empty(e, n, k, dtype=torch.bfloat16, device=b_packed.device)
+    for i in range(e):
+        codes = torch.stack([b_packed[i] & 15, b_packed[i] >> 4], -1).flatten(-2).long()
+        vals = lut[codes].view(n, k // 16, 16) * b_scales[i].view(torch.float8_e4m3fn).float().unsqueeze(-1)
+        out[i] = (vals.view(groups, n // groups, k) * b_global[i].view(groups, 1, 1)).view(n, k)
+    return out
 
 
 def _dequant_act(ap, asc, dec, rows: int, k: int):

@@ -4,7 +4,9 @@ block scale into bf16 (exact: at most 5 significant bits), bf16 tensor-core MMA 
 and alpha = S_dec(a) * S_dec(b)[expert, column group] in the epilogue (w1 and w3 halves of w13 may carry
 different global scales). Equal to the emulated backend up to fp32 accumulation order.
 
-A's scales are read in the 128x4 swizzle, B's in the checkpoint's linear [E, N, K/16] layout. Each
+A is decoded once to bf16 by a first kernel (its swizzled scales read in the 128x4 layout); B is decoded
+in the GEMM's load path, a byte at a time through a 256-entry table of bf16 pairs, its scales read in the
+checkpoint's linear [E, N, K/16] layout. Each
 128-row tile belongs to one expert; the tile -> expert map is computed on the GPU (searchsorted), so
 the launch needs no host sync and can be captured in a CUDA graph.
 """
@@ -35,18 +37,32 @@ def _unpack(packed):
 
 
 @triton.jit
+def _dequant_a_kernel(a_ptr, as_ptr, out_ptr, rows, K, col_tiles, BM: tl.constexpr, BK: tl.constexpr):
+    """A once to bf16 (e2m1 x block scale, no global): every N tile of the GEMM reads it, none decodes it."""
+    r = tl.program_id(0) * BM + tl.arange(0, BM)
+    k0 = tl.program_id(1) * BK
+    a_p = tl.load(a_ptr + r[:, None].to(tl.int64) * (K // 2) + (k0 // 2 + tl.arange(0, BK // 2))[None, :])
+    sc = k0 // 16 + tl.arange(0, BK // 16)
+    off = ((r[:, None] // 128) * col_tiles + sc[None, :] // 4) * 512
+    off += (r[:, None] % 32) * 16 + ((r[:, None] % 128) // 32) * 4 + sc[None, :] % 4
+    a_s = tl.load(as_ptr + off).to(tl.float8e4nv, bitcast=True).to(tl.float32)
+    v = tl.reshape(_e2m1(_unpack(a_p)), (BM, BK // 16, 16)) * a_s[:, :, None]
+    out = tl.reshape(v, (BM, BK)).to(tl.bfloat16)
+    tl.store(out_ptr + r[:, None].to(tl.int64) * K + (k0 + tl.arange(0, BK))[None, :], out)
+
+
+@triton.jit
 def _gemm_kernel(
-    a_ptr,
-    as_ptr,
+    a16_ptr,
     b_ptr,
     bs_ptr,
     bg_ptr,
     ag_ptr,
+    lut_ptr,
     tile_expert_ptr,
     out_ptr,
     N,
     K,
-    col_tiles,
     groups,
     n_per_group,
     BM: tl.constexpr,
@@ -63,29 +79,40 @@ def _gemm_kernel(
     ks = tl.arange(0, BK // 16)
     b_base = b_ptr + e.to(tl.int64) * N * (K // 2)
     bs_base = bs_ptr + e.to(tl.int64) * N * (K // 16)
+    cmask = cols[:, None] < N
     for k0 in range(0, K, BK):
-        a_p = tl.load(a_ptr + rows[:, None].to(tl.int64) * (K // 2) + (k0 // 2 + kb)[None, :])
-        sc = k0 // 16 + ks
-        off = ((rows[:, None] // 128) * col_tiles + sc[None, :] // 4) * 512
-        off += (rows[:, None] % 32) * 16 + ((rows[:, None] % 128) // 32) * 4 + sc[None, :] % 4
-        a_s = tl.load(as_ptr + off).to(tl.float8e4nv, bitcast=True).to(tl.float32)  # [BM, BK/16]
-        a_v = tl.reshape(_e2m1(_unpack(a_p)), (BM, BK // 16, 16)) * a_s[:, :, None]
-        a_v = tl.reshape(a_v, (BM, BK)).to(tl.bfloat16)
-        b_p = tl.load(
-            b_base + cols[:, None].to(tl.int64) * (K // 2) + (k0 // 2 + kb)[None, :], mask=cols[:, None] < N, other=0
-        )
+        a_v = tl.load(a16_ptr + rows[:, None].to(tl.int64) * K + (k0 + tl.arange(0, BK))[None, :])
+        b_p = tl.load(b_base + cols[:, None].to(tl.int64) * (K // 2) + (k0 // 2 + kb)[None, :], mask=cmask, other=0)
+        # one table load decodes a byte: the bf16 bits of its low code | its high code << 16
+        pair = tl.load(lut_ptr + b_p.to(tl.int32))
+        lo = (pair & 0xFFFF).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        hi = (pair >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        b_c = tl.reshape(tl.join(lo, hi), (BN, BK))
         b_s = (
-            tl.load(bs_base + cols[:, None].to(tl.int64) * (K // 16) + sc[None, :], mask=cols[:, None] < N, other=0)
+            tl.load(bs_base + cols[:, None].to(tl.int64) * (K // 16) + (k0 // 16 + ks)[None, :], mask=cmask, other=0)
             .to(tl.float8e4nv, bitcast=True)
             .to(tl.float32)
         )
-        b_v = tl.reshape(_e2m1(_unpack(b_p)), (BN, BK // 16, 16)) * b_s[:, :, None]
+        b_v = tl.reshape(b_c.to(tl.float32), (BN, BK // 16, 16)) * b_s[:, :, None]
         b_v = tl.reshape(b_v, (BN, BK)).to(tl.bfloat16)
         acc = tl.dot(a_v, tl.trans(b_v), acc)
     group = cols // n_per_group
     alpha = tl.load(ag_ptr) * tl.load(bg_ptr + e * groups + group, mask=cols < N, other=0.0)
     out = (acc * alpha[None, :]).to(tl.bfloat16)
     tl.store(out_ptr + rows[:, None].to(tl.int64) * N + cols[None, :], out, mask=cols[None, :] < N)
+
+
+_LUT: dict = {}
+
+
+def _pair_lut(device) -> torch.Tensor:
+    """int32 [256]: for each byte, the bf16 bit patterns of its low-nibble code and (<< 16) its high one."""
+    if device not in _LUT:
+        vals = torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], dtype=torch.bfloat16)
+        bits = vals.view(torch.int16).to(torch.int32) & 0xFFFF
+        b = torch.arange(256)
+        _LUT[device] = (bits[b & 15] | (bits[b >> 4] << 16)).to(torch.int32).to(device)
+    return _LUT[device]
 
 
 def tile_experts(offsets: torch.Tensor, rows: int, bm: int = 128) -> torch.Tensor:
@@ -111,25 +138,26 @@ def grouped_gemm(
     k = half_k * 2
     e, n, _ = b_packed.shape
     bm, bn, bk = 128, 128, 64
-    if k % bk or rows % bm:
-        raise ValueError(f"the Triton grouped GEMM takes K a multiple of {bk} and rows of 128, got {rows}x{k}")
+    if k % 128 or rows % bm:
+        raise ValueError(f"the Triton grouped GEMM takes K a multiple of 128 and rows of 128, got {rows}x{k}")
     groups = b_global_decode.shape[-1] if b_global_decode.dim() > 1 else 1
     out = torch.empty(rows, n, dtype=torch.bfloat16, device=a_packed.device)
     te = tile_experts(offsets, rows, bm)
     cp = -(-(k // 16) // 4) * 4
+    a16 = torch.empty(rows, k, dtype=torch.bfloat16, device=a_packed.device)
+    _dequant_a_kernel[(rows // 64, k // 128)](a_packed, a_scales, a16, rows, k, cp // 4, BM=64, BK=128)
     grid = (rows // bm, triton.cdiv(n, bn))
     _gemm_kernel[grid](
-        a_packed,
-        a_scales,
+        a16,
         b_packed.contiguous(),
         b_scales.contiguous(),
         b_global_decode.reshape(e, groups).to(torch.float32).contiguous(),
         a_global_decode.reshape(1).to(torch.float32),
+        _pair_lut(a_packed.device),
         te,
         out,
         n,
         k,
-        cp // 4,
         groups,
         n // groups,
         BM=bm,
