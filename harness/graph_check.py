@@ -118,7 +118,7 @@ def moe_graph_checks(backend, ckpt, layer: int, tokens: int, seed: int) -> list[
 
     def like(t: torch.Tensor) -> torch.Tensor:
         if t.dtype in (torch.bfloat16, torch.float32):
-            return (torch.randn(t.shape, generator=g) * t.float().std()).to(t.dtype).cuda()
+            return (torch.randn(t.shape, generator=g) * t.float().std().cpu()).to(t.dtype).cuda()
         return t.cuda()
 
     x = truth.x.cuda()

@@ -28,10 +28,10 @@ def _adversarial(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
     return x.to(torch.bfloat16)
 
 
-@pytest.mark.parametrize("rows", [1, 200, 384])
+@pytest.mark.parametrize("rows", [8, 200, 384])
 def test_quantize_is_code_for_code_the_exact_codec(rows):
     from fp4check.kernels.emulated.moe import quantize_activation
-    from fp4check.references.nvfp4 import global_encode_scale, rounding_ties
+    from fp4check.references.nvfp4 import global_encode_scale
 
     x = _adversarial(rows, 1024)
     g = global_encode_scale(x.float().nan_to_num(posinf=0).abs().amax())
@@ -39,10 +39,20 @@ def test_quantize_is_code_for_code_the_exact_codec(rows):
     got = BACKEND.nvfp4_quantize(x, g)
     assert torch.equal(got.scales.view(torch.uint8), want.scales.view(torch.uint8))
     assert torch.equal(got.packed, want.packed)
-    # the tie row really is on midpoints (so the equality above covers round-half-to-even)
-    from fp4check.references.nvfp4 import nvfp4_quantize
 
-    assert rounding_ties(x[:1].float(), nvfp4_quantize(x[:1].float(), g).scales, g)[0, :16].all()
+
+def test_quantize_rounds_exact_ties_half_to_even():
+    """Global scale 1 and a block of amax 6: block scale 1.0 exactly, so every midpoint is an exact tie."""
+    from fp4check.kernels.emulated.moe import quantize_activation
+    from fp4check.references.nvfp4 import EncodeScale, nvfp4_quantize, rounding_ties
+
+    mids = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0])
+    x = torch.cat([mids, -mids]).repeat(8, 4).to(torch.bfloat16)  # [8, 64]
+    g = EncodeScale(torch.tensor(1.0))
+    assert rounding_ties(x.float(), nvfp4_quantize(x.float(), g).scales, g)[:, :7].all()
+    got, want = BACKEND.nvfp4_quantize(x, g), quantize_activation(x, g)
+    assert torch.equal(got.packed, want.packed)
+    assert torch.equal(got.scales.view(torch.uint8), want.scales.view(torch.uint8))
 
 
 def _moe_operands(experts: int, n: int, k: int, counts: list[int], groups: int, seed: int = 0):

@@ -5,8 +5,8 @@ and alpha = S_dec(a) * S_dec(b)[expert, column group] in the epilogue (w1 and w3
 different global scales). Equal to the emulated backend up to fp32 accumulation order.
 
 A is decoded once to bf16 by a first kernel (its swizzled scales read in the 128x4 layout); B is decoded
-in the GEMM's load path, a byte at a time through a 256-entry table of bf16 pairs, its scales read in the
-checkpoint's linear [E, N, K/16] layout. Each
+in the GEMM's load path (bf16 bits assembled with integer ops, then its block scale), its scales read in
+the checkpoint's linear [E, N, K/16] layout. Each
 128-row tile belongs to one expert; the tile -> expert map is computed on the GPU (searchsorted), so
 the launch needs no host sync and can be captured in a CUDA graph.
 """
@@ -20,13 +20,12 @@ import triton.language as tl
 
 @triton.jit
 def _e2m1(code):
-    """float32 value of e2m1 codes (int32 0..15)."""
+    """bf16 value of e2m1 codes (int32 0..15), built from bits with integer ops (no exp2 on the SFU):
+    0.5 is 0x3F00; magnitude codes 2..7 are 2^(e-1) * (1 + m/2), e = mag >> 1, m = mag & 1."""
     mag = code & 7
-    e = mag >> 1
-    m = (mag & 1).to(tl.float32)
-    normal = (1.0 + 0.5 * m) * tl.exp2((e - 1).to(tl.float32))
-    v = tl.where(mag < 2, 0.5 * mag.to(tl.float32), normal)
-    return tl.where(code >= 8, -v, v)
+    normal = (((mag >> 1) + 126) << 7) | ((mag & 1) << 6)
+    bits = tl.where(mag < 2, mag * 0x3F00, normal) | ((code & 8) << 12)
+    return bits.to(tl.int16).to(tl.bfloat16, bitcast=True)
 
 
 @triton.jit
@@ -46,7 +45,7 @@ def _dequant_a_kernel(a_ptr, as_ptr, out_ptr, rows, K, col_tiles, BM: tl.constex
     off = ((r[:, None] // 128) * col_tiles + sc[None, :] // 4) * 512
     off += (r[:, None] % 32) * 16 + ((r[:, None] % 128) // 32) * 4 + sc[None, :] % 4
     a_s = tl.load(as_ptr + off).to(tl.float8e4nv, bitcast=True).to(tl.float32)
-    v = tl.reshape(_e2m1(_unpack(a_p)), (BM, BK // 16, 16)) * a_s[:, :, None]
+    v = tl.reshape(_e2m1(_unpack(a_p)).to(tl.float32), (BM, BK // 16, 16)) * a_s[:, :, None]
     out = tl.reshape(v, (BM, BK)).to(tl.bfloat16)
     tl.store(out_ptr + r[:, None].to(tl.int64) * K + (k0 + tl.arange(0, BK))[None, :], out)
 
@@ -58,7 +57,6 @@ def _gemm_kernel(
     bs_ptr,
     bg_ptr,
     ag_ptr,
-    lut_ptr,
     tile_expert_ptr,
     out_ptr,
     N,
@@ -83,11 +81,7 @@ def _gemm_kernel(
     for k0 in range(0, K, BK):
         a_v = tl.load(a16_ptr + rows[:, None].to(tl.int64) * K + (k0 + tl.arange(0, BK))[None, :])
         b_p = tl.load(b_base + cols[:, None].to(tl.int64) * (K // 2) + (k0 // 2 + kb)[None, :], mask=cmask, other=0)
-        # one table load decodes a byte: the bf16 bits of its low code | its high code << 16
-        pair = tl.load(lut_ptr + b_p.to(tl.int32))
-        lo = (pair & 0xFFFF).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-        hi = (pair >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-        b_c = tl.reshape(tl.join(lo, hi), (BN, BK))
+        b_c = _e2m1(_unpack(b_p))
         b_s = (
             tl.load(bs_base + cols[:, None].to(tl.int64) * (K // 16) + (k0 // 16 + ks)[None, :], mask=cmask, other=0)
             .to(tl.float8e4nv, bitcast=True)
@@ -100,19 +94,6 @@ def _gemm_kernel(
     alpha = tl.load(ag_ptr) * tl.load(bg_ptr + e * groups + group, mask=cols < N, other=0.0)
     out = (acc * alpha[None, :]).to(tl.bfloat16)
     tl.store(out_ptr + rows[:, None].to(tl.int64) * N + cols[None, :], out, mask=cols[None, :] < N)
-
-
-_LUT: dict = {}
-
-
-def _pair_lut(device) -> torch.Tensor:
-    """int32 [256]: for each byte, the bf16 bit patterns of its low-nibble code and (<< 16) its high one."""
-    if device not in _LUT:
-        vals = torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], dtype=torch.bfloat16)
-        bits = vals.view(torch.int16).to(torch.int32) & 0xFFFF
-        b = torch.arange(256)
-        _LUT[device] = (bits[b & 15] | (bits[b >> 4] << 16)).to(torch.int32).to(device)
-    return _LUT[device]
 
 
 def tile_experts(offsets: torch.Tensor, rows: int, bm: int = 128) -> torch.Tensor:
@@ -153,7 +134,6 @@ def grouped_gemm(
         b_scales.contiguous(),
         b_global_decode.reshape(e, groups).to(torch.float32).contiguous(),
         a_global_decode.reshape(1).to(torch.float32),
-        _pair_lut(a_packed.device),
         te,
         out,
         n,
