@@ -19,11 +19,11 @@ from fp4check.checkpoint import Checkpoint
 from fp4check.kernels.emulated import EmulatedBackend
 from fp4check.layer_forward import (
     LayerWeights,
-    _post,
-    _pre,
     backend_attention,
     backend_moe,
     embed_streams,
+    hc_post_block,
+    hc_pre_block,
     load_layer,
     norm_bf16,
     set_layer_scales,
@@ -50,11 +50,13 @@ class Step:
 
 
 def _mixed_layer(streams, lw: LayerWeights, ids, attn_ops, moe_ops, seed: int) -> torch.Tensor:
-    pre = _pre(None, streams, lw, "attn")
+    pre = hc_pre_block(None, streams, lw, "attn")
     y = backend_attention(attn_ops, norm_bf16(pre["input"], lw.attn_norm, lw.eps), lw.attn, seed).out
-    streams = _post(None, streams, y, pre)
-    pre2 = _pre(None, streams, lw, "ffn")
-    return _post(None, streams, backend_moe(moe_ops, norm_bf16(pre2["input"], lw.ffn_norm, lw.eps), lw.moe, ids), pre2)
+    streams = hc_post_block(None, streams, y, pre)
+    pre2 = hc_pre_block(None, streams, lw, "ffn")
+    return hc_post_block(
+        None, streams, backend_moe(moe_ops, norm_bf16(pre2["input"], lw.ffn_norm, lw.eps), lw.moe, ids), pre2
+    )
 
 
 def run_mixed(ckpt: Checkpoint, weights: list[LayerWeights], ids, units: set[Unit], make_backend, seed: int):
@@ -78,10 +80,10 @@ def bisect(
     for n in range(max(layers) + 1):  # the MoE activation scales of every layer, from its clean input
         lw = load_layer(ckpt, n)
         clean = EmulatedBackend()
-        pre = _pre(None, s, lw, "attn")
+        pre = hc_pre_block(None, s, lw, "attn")
         y = backend_attention(clean, norm_bf16(pre["input"], lw.attn_norm, lw.eps), lw.attn, seed).out
-        s2 = _post(None, s, y, pre)
-        set_layer_scales(lw, norm_bf16(_pre(None, s2, lw, "ffn")["input"], lw.ffn_norm, lw.eps), ids, "auto")
+        s2 = hc_post_block(None, s, y, pre)
+        set_layer_scales(lw, norm_bf16(hc_pre_block(None, s2, lw, "ffn")["input"], lw.ffn_norm, lw.eps), ids, "auto")
         s = _mixed_layer(s, lw, ids, clean, clean, seed)
         weights.append(lw)
     want = run_mixed(ckpt, weights, ids, set(), EmulatedBackend, seed)

@@ -290,15 +290,17 @@ def _attention_rows(out: _Rows, backend, ctx: _Ctx, c: LayerCheck) -> None:
 
 
 def _hc_rows(out: _Rows, backend, ctx: _Ctx, c: LayerCheck) -> None:
-    from fp4check.layer_forward import _post, _pre
+    from fp4check.layer_forward import hc_post_block, hc_pre_block
 
     lw, r = ctx.lw, ctx.ref
     iso = {
-        "hc.attn_pre": lambda: _pre(backend, ctx.streams, lw, "attn")["input"],
-        "hc.attn_post": lambda: _post(backend, ctx.streams, r["attn.out"], _pre(None, ctx.streams, lw, "attn")),
-        "hc.ffn_pre": lambda: _pre(backend, r["hc.attn_post"], lw, "ffn")["input"],
-        "hc.ffn_post": lambda: _post(
-            backend, r["hc.attn_post"], r["moe.out"], _pre(None, r["hc.attn_post"], lw, "ffn")
+        "hc.attn_pre": lambda: hc_pre_block(backend, ctx.streams, lw, "attn")["input"],
+        "hc.attn_post": lambda: hc_post_block(
+            backend, ctx.streams, r["attn.out"], hc_pre_block(None, ctx.streams, lw, "attn")
+        ),
+        "hc.ffn_pre": lambda: hc_pre_block(backend, r["hc.attn_post"], lw, "ffn")["input"],
+        "hc.ffn_post": lambda: hc_post_block(
+            backend, r["hc.attn_post"], r["moe.out"], hc_pre_block(None, r["hc.attn_post"], lw, "ffn")
         ),
     }
     want_key = {"hc.ffn_post": "out"}

@@ -71,12 +71,12 @@ def embed_streams(ckpt: Checkpoint, token_ids: torch.Tensor) -> torch.Tensor:
     return h.unsqueeze(1).expand(-1, ckpt.config.hc_mult, -1).contiguous()
 
 
-def _pre(ops, streams: torch.Tensor, lw: LayerWeights, block: str) -> dict:
+def hc_pre_block(ops, streams: torch.Tensor, lw: LayerWeights, block: str) -> dict:
     fn = ops.mhc_pre if ops is not None and provides(ops, "mhc_pre") else mhc_pre
     return fn(streams, *lw.hc[block], lw.n_hc, lw.sinkhorn_iters, lw.hc_eps, lw.eps)
 
 
-def _post(ops, streams: torch.Tensor, y: torch.Tensor, pre: dict) -> torch.Tensor:
+def hc_post_block(ops, streams: torch.Tensor, y: torch.Tensor, pre: dict) -> torch.Tensor:
     fn = ops.mhc_post if ops is not None and provides(ops, "mhc_post") else mhc_post
     return fn(streams, y, pre["post"], pre["comb"])
 
@@ -106,7 +106,7 @@ def reference_layer(
     """Every stage of one layer: hc.attn_pre, attn (the attention stages dict), attn.out, hc.attn_post,
     hc.ffn_pre, moe_in, moe.out, out (the streams after the layer); up to attn.out if attention_only."""
     s: dict = {}
-    pre = _pre(None, streams, lw, "attn")
+    pre = hc_pre_block(None, streams, lw, "attn")
     s["hc.attn_pre"] = pre["input"]
     s["attn_in"] = norm_bf16(pre["input"], lw.attn_norm, lw.eps)
     s["attn"] = ref_attn.attention_prefill(s["attn_in"], lw.attn.params, mode)
@@ -114,7 +114,7 @@ def reference_layer(
     if attention_only:
         return s
     s["hc.attn_post"] = mhc_post(streams, s["attn.out"], pre["post"], pre["comb"])
-    pre2 = _pre(None, s["hc.attn_post"], lw, "ffn")
+    pre2 = hc_pre_block(None, s["hc.attn_post"], lw, "ffn")
     s["hc.ffn_pre"] = pre2["input"]
     s["moe_in"] = norm_bf16(pre2["input"], lw.ffn_norm, lw.eps)
     s["moe.out"] = reference_moe(s["moe_in"], lw.moe, token_ids)
@@ -162,18 +162,18 @@ def set_layer_scales(lw: LayerWeights, moe_in: torch.Tensor, token_ids: torch.Te
 def backend_layer(backend, streams: torch.Tensor, lw: LayerWeights, token_ids: torch.Tensor, seed: int = 0) -> dict:
     """The same stages as reference_layer, each computed by the backend on its own upstream."""
     s: dict = {}
-    pre = _pre(backend, streams, lw, "attn")
+    pre = hc_pre_block(backend, streams, lw, "attn")
     s["hc.attn_pre"] = pre["input"]
     s["attn_in"] = norm_bf16(pre["input"], lw.attn_norm, lw.eps)
     res = backend_attention(backend, s["attn_in"], lw.attn, seed)
     s["attn"] = dict(res.stages)
     s["attn.out"] = res.out
-    s["hc.attn_post"] = _post(backend, streams, res.out, pre)
-    pre2 = _pre(backend, s["hc.attn_post"], lw, "ffn")
+    s["hc.attn_post"] = hc_post_block(backend, streams, res.out, pre)
+    pre2 = hc_pre_block(backend, s["hc.attn_post"], lw, "ffn")
     s["hc.ffn_pre"] = pre2["input"]
     s["moe_in"] = norm_bf16(pre2["input"], lw.ffn_norm, lw.eps)
     s["moe.out"] = backend_moe(backend, s["moe_in"], lw.moe, token_ids)
-    s["out"] = _post(backend, s["hc.attn_post"], s["moe.out"], pre2)
+    s["out"] = hc_post_block(backend, s["hc.attn_post"], s["moe.out"], pre2)
     return s
 
 
