@@ -86,16 +86,8 @@ def norm_bf16(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
 
 
 def reference_moe(x: torch.Tensor, w: MoEWeights, token_ids: torch.Tensor) -> torch.Tensor:
-    r = ref_moe.route(
-        x,
-        w.gate,
-        w.topk,
-        w.routed_scaling_factor,
-        bias=w.bias,
-        tid2eid=w.tid2eid,
-        token_ids=token_ids,
-        scoring_func=w.scoring_func,
-    )
+    ids, weights = emu_moe.router(x, w, token_ids)  # routing is float32 math in every backend: one function
+    r = ref_moe.Routing(None, None, ids, weights)
     out = ref_moe.moe(x, r, w.extra["experts_float"], w.extra["shared_float"], w.swiglu_limit)["out"]
     return out.to(torch.bfloat16)
 
@@ -145,17 +137,7 @@ def backend_moe(backend, x: torch.Tensor, w: MoEWeights, token_ids: torch.Tensor
 def set_layer_scales(lw: LayerWeights, moe_in: torch.Tensor, token_ids: torch.Tensor, mode: str) -> str:
     """The MoE activation scales for this layer (checkpoint, or a warm-up amax on the reference's input)."""
     w = lw.moe
-    r = ref_moe.route(
-        moe_in,
-        w.gate,
-        w.topk,
-        w.routed_scaling_factor,
-        bias=w.bias,
-        tid2eid=w.tid2eid,
-        token_ids=token_ids,
-        scoring_func=w.scoring_func,
-    )
-    plan = emu_moe.plan_routes(r.ids, r.weights, w.expert_start, w.n_local)
+    plan = emu_moe.plan_routes(*emu_moe.router(moe_in, w, token_ids), w.expert_start, w.n_local)
     return set_activation_scales(w, mode, moe_in, plan)
 
 
