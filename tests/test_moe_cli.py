@@ -154,7 +154,7 @@ def test_unmet_needs_skip_with_the_reason(tiny_modelopt):
 @pytest.mark.parametrize(
     "spec,match",
     [
-        ("triton", "not in this version"),
+        ("cutedsl", "not in this version"),
         ("nonsense", "unknown backend"),
         ("no_such_module:X", "does not import"),
         (f"{SUPPORT}:Missing", "has no attribute"),
