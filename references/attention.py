@@ -174,7 +174,7 @@ def attention_prefill(x: torch.Tensor, p: AttentionParams, mode: str = "served")
     return out
 
 
-class _WindowPool:
+class WindowPool:
     """A compressor's decode state: the logits of the partial window, the previous window's (CSA)."""
 
     def __init__(self, c: dict, ratio: int):
@@ -210,8 +210,8 @@ class DecodeState:
     def __init__(self, p: AttentionParams, mode: str = "served"):
         self.p, self.mode, self.t = p, mode, 0
         self.window_kv: list[torch.Tensor] = []  # served-mode values, the last `window` tokens
-        self.main = _WindowPool(p.compressor, p.ratio) if p.ratio else None
-        self.index = _WindowPool(p.indexer, p.ratio) if p.ratio == 4 else None
+        self.main = WindowPool(p.compressor, p.ratio) if p.ratio else None
+        self.index = WindowPool(p.indexer, p.ratio) if p.ratio == 4 else None
 
     def step(self, x_t: torch.Tensor) -> dict[str, torch.Tensor]:
         """x_t bf16 [1, D] at position self.t -> the same stages as attention_prefill's row t."""

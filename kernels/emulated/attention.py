@@ -152,8 +152,8 @@ class PagedDecoder:
         self.pool = kvc.PagePool(ring_blocks + entry_blocks + 1, block, seed)
         self.ring = self.pool.table(ring_blocks)
         self.entry_table = self.pool.table(entry_blocks) if p.ratio else None
-        self.main = ref._WindowPool(p.compressor, p.ratio) if p.ratio else None
-        self.index = ref._WindowPool(p.indexer, p.ratio) if p.ratio == 4 else None
+        self.main = ref.WindowPool(p.compressor, p.ratio) if p.ratio else None
+        self.index = ref.WindowPool(p.indexer, p.ratio) if p.ratio == 4 else None
 
     def prefill(self, x: torch.Tensor) -> None:
         """Fill the state from a prompt x [P, D] without producing outputs (the prefill's cache writes)."""
