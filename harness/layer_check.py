@@ -186,8 +186,8 @@ def _shape(x) -> str:
 
 
 class _Rows:
-    def __init__(self, base: dict, layer: int, thresholds: Thresholds):
-        self.base, self.layer, self.th, self.rows = base, layer, thresholds, []
+    def __init__(self, base: dict, thresholds: Thresholds):
+        self.base, self.th, self.rows = base, thresholds, []
 
     def add(self, sid: str, gate: str, against: str, propagation: str, metrics_fn, seconds=math.nan, shape="", **kw):
         if against == "emulated" and self.base["backend"] == "reference":
@@ -398,7 +398,7 @@ def layer_rows(ckpt: Checkpoint, backend, c: LayerCheck, thresholds: Thresholds,
         "ref_mode": c.ref_mode,
         "phase": "prefill",
     }
-    out = _Rows(base, c.layer, thresholds)
+    out = _Rows(base, thresholds)
     unmet = backend_needs(backend).unmet()
     if unmet:
         out.skip(f"L{c.layer}", f"backend {backend.name} cannot run here: {unmet}", "isolated")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fp4check.commands.checks import _faults, _run, base_spec, chain_options
+from fp4check.commands.checks import _faults, _run, base_spec, chain_options, ref_mode_option
 
 DEFAULT_PROMPT_LEN = 256  # crosses a C128 window and many C4 windows
 
@@ -84,13 +84,7 @@ def _depth_summary(rows: list[dict], con) -> None:
     show_default=True,
     help="Seeded random token ids of this length (when --tokens is not given).",
 )
-@click.option(
-    "--ref-mode",
-    type=click.Choice(["served", "exact"]),
-    default="served",
-    show_default=True,
-    help="Reference attention: served (FP8 KV cache rounding) or exact (bf16 kv).",
-)
+@ref_mode_option
 @click.option(
     "--dump",
     type=click.Path(path_type=Path),

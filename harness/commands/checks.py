@@ -71,6 +71,15 @@ _RUN = [
 ]
 
 
+ref_mode_option = click.option(
+    "--ref-mode",
+    type=click.Choice(["served", "exact"]),
+    default="served",
+    show_default=True,
+    help="Reference attention: served (FP8 KV cache rounding, as deployed) or exact (bf16 kv).",
+)
+
+
 def _apply(f, options):
     for opt in reversed(options):
         f = opt(f)
@@ -272,13 +281,7 @@ def _pick_typed_layer(ckpt, layer_type: str) -> int:
     show_default=True,
     help="Prefill rows, decode rows (the last 32 tokens one at a time through the paged cache), or both.",
 )
-@click.option(
-    "--ref-mode",
-    type=click.Choice(["served", "exact"]),
-    default="served",
-    show_default=True,
-    help="Reference attention: served (FP8 KV cache rounding, as deployed) or exact (bf16 kv).",
-)
+@ref_mode_option
 @check_options
 def layer(layer_type: str | None, layer: int | None, only: str | None, phase: str, ref_mode: str, **opts) -> None:
     """One decoder layer, stage by stage: hc pre -> attention (q, kv, compress, indexer, kv_write, kv_read,
