@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from fp4check.checkpoint import Checkpoint
-from fp4check.kernels.contract import NVFP4Activation, RoutePlan
+from fp4check.kernels.contract import MoEWeights, NVFP4Activation, RoutePlan
 from fp4check.kernels.emulated import moe as emu
 from fp4check.kernels.emulated.shared import shared_expert as emu_shared
 from fp4check.kernels.registry import backend_needs, provides
@@ -71,6 +71,7 @@ class MoECheck:
     isolated: bool = True
     meta: dict = field(default_factory=dict)
     x: torch.Tensor | None = None  # the block's input when a whole layer computes it (else ffn_norm(embed))
+    weights: MoEWeights | None = None  # weights whose activation scales are already set (else loaded and set)
 
 
 @dataclass
@@ -102,7 +103,7 @@ def prepare(ckpt: Checkpoint, c: MoECheck) -> _Truth:
     inputs = make_inputs(ckpt, c.scenario, c.layer, c.tokens, c.seed)
     if c.x is not None:
         inputs.x = c.x
-    w = load_moe_weights(ckpt, c.layer, c.ep_size, c.ep_rank)
+    w = c.weights or load_moe_weights(ckpt, c.layer, c.ep_size, c.ep_rank)
     r = ref.route(
         inputs.x,
         w.gate,
@@ -115,7 +116,8 @@ def prepare(ckpt: Checkpoint, c: MoECheck) -> _Truth:
         forced_ids=inputs.forced_ids,
     )
     plan = emu.plan_routes(r.ids, r.weights, w.expert_start, w.n_local)
-    c.meta["act_scales"] = set_activation_scales(w, c.act_scales, inputs.x, plan)
+    if c.weights is None:
+        c.meta["act_scales"] = set_activation_scales(w, c.act_scales, inputs.x, plan)
     c.tokens = inputs.tokens
     reference = ref.moe(
         inputs.x,

@@ -7,6 +7,7 @@ import torch
 
 from fp4check.kernels.contract import MoEOutput
 from fp4check.kernels.emulated import EmulatedBackend
+from fp4check.kernels.emulated import kv_cache as kvc
 from fp4check.kernels.emulated import moe as emu
 from fp4check.kernels.emulated.faults import drop_rows_past
 from fp4check.kernels.registry import Needs
@@ -68,6 +69,17 @@ class NanGemm(EmulatedBackend):
         out = emu.grouped_gemm_nvfp4(a, b, offsets)
         out[0, 0] = float("nan")
         return out
+
+
+class ReadsPastTheWrite(EmulatedBackend):
+    """A cache read one slot too far (the seeds' off-by-one page arithmetic): the last row of each written
+    run comes from a slot nothing wrote, i.e. the pool's 0xFF poison, NaN."""
+
+    name = "reads-past-the-write"
+
+    @staticmethod
+    def kv_cache_read(pages, block, slots):
+        return kvc.kv_cache_read(pages, block, slots + 1)
 
 
 class NeedsGpu(EmulatedBackend):

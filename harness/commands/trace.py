@@ -45,14 +45,16 @@ from fp4check.options import checkpoint_option, json_option, open_checkpoint, se
 def nan_trace(
     checkpoint, layers, backend, inject, tokens, scenario, seed, act_scales, metric, threshold, do_bisect, out, as_json
 ) -> None:
-    """Find where a NaN (or a divergence) is first produced, not where it is passed on: per stage, finite or
-    not, NaN/Inf counts and amax for the backend and the reference; the producer diagnosed (rerun with the
-    exact pipeline, its weights and scales audited, the tokens and experts carrying the NaN); one sentence
-    with the likely cause. Exit 1 when a producer is found."""
+    """Find where a NaN (or a divergence) is first produced, not where it is passed on. The chain runs from
+    the embeddings through --layers on the backend and on the reference side by side; every stage (mHC,
+    attention, MoE) records finite or not, NaN/Inf counts and amax on both sides. The producer is the first
+    stage with non-finite output from finite inputs; it is diagnosed (rerun by the exact pipeline on the
+    same inputs, its weights and scales audited, the tokens, heads and experts carrying the NaN) and one
+    sentence names the likely cause. Exit 1 when a producer (or a diverging stage) is found."""
     from fp4check.commands.checks import run_meta
     from fp4check.kernels.registry import load_backend
     from fp4check.reports.store import RunWriter, new_run_dir
-    from fp4check.reports.terminal import stdout_console
+    from fp4check.reports.terminal import progress_bar, stdout_console
     from fp4check.rows import make_row
     from fp4check.trace import divergence_trace, nan_trace, tree_lines
 
@@ -67,15 +69,18 @@ def nan_trace(
         _bisect(ckpt, backend, faults, layer_list, tokens, seed, path, writer, con, as_json)
         return
     if metric == "cosine":
-        from fp4check.moe_check import PIPELINE, MoECheck, moe_rows
+        from fp4check.layer_check import LayerCheck, layer_rows
         from fp4check.thresholds import Thresholds
 
         rows = []
-        for layer in layer_list:
-            c = MoECheck("divergence-trace", PIPELINE, layer, scenario, tokens, seed, act_scales=act_scales)
-            got = moe_rows(ckpt, be, c, Thresholds(), {"run_id": run_id})
-            writer.write(got)
-            rows += got
+        with progress_bar("divergence trace") as update:
+            for i, layer in enumerate(layer_list):
+                update(i, len(layer_list), f"layer {layer}")
+                c = LayerCheck("divergence-trace", layer, tokens, seed, phase="prefill", act_scales=act_scales)
+                got = layer_rows(ckpt, be, c, Thresholds(), {"run_id": run_id})
+                writer.write(got)
+                rows += got
+            update(len(layer_list), len(layer_list), "done")
         hit = divergence_trace(rows, threshold)
         cause = (
             f"{hit['stage']} is the first stage whose isolated cosine vs the reference falls below {threshold} "
@@ -85,7 +90,8 @@ def nan_trace(
         )
         trace = {"metric": "cosine", "threshold": threshold, "first": hit["stage"] if hit else None, "cause": cause}
     else:
-        res = nan_trace(ckpt, be, layer_list, scenario, tokens, seed, act_scales)
+        with progress_bar("nan-trace") as update:
+            res = nan_trace(ckpt, be, layer_list, scenario, tokens, seed, act_scales, progress=update)
         base = {"check": "nan-trace", "scenario": scenario, "seed": seed, "tokens": tokens, "backend": be.name}
         stat_rows = []
         for st in res.stats:
@@ -97,18 +103,17 @@ def nan_trace(
                 "amax_out": st.amax,
                 "amax_ref": st.ref_amax,
             }
-            status = "pass" if st.finite else "fail"
             stat_rows.append(
                 make_row(
                     {**base, "layer": st.layer},
-                    f"L{st.layer}.moe.{st.stage}",
-                    st.stage,
+                    st.sid,
+                    st.key,
                     "reference",
                     "propagated",
                     m,
                     "finite",
                     math.nan,
-                    status=status,
+                    status="pass" if st.finite else "fail",
                     message=st.role,
                 )
             )
@@ -116,7 +121,7 @@ def nan_trace(
         trace = {
             "metric": "nan",
             "producer": res.producer.as_dict() if res.producer else None,
-            "propagators": [f"L{s.layer}.moe.{s.stage}" for s in res.stats if s.role == "propagator"],
+            "propagators": [s.sid for s in res.stats if s.role == "propagator"],
             "diagnosis": res.diagnosis,
             "cause": res.cause,
             "tree": tree_lines(res),
@@ -130,13 +135,26 @@ def nan_trace(
     else:
         if metric == "nan":
             tree = Tree(f"[bold]nan-trace[/bold] backend {be.name}")
-            node = None
+            layers: list[list[str]] = []
             for line in trace["tree"]:
                 if line.startswith("L"):
-                    layer_node = tree.add(line)
-                elif line.strip() == "moe":
-                    node = layer_node.add("moe")
-                else:
+                    layers.append([])
+                layers[-1].append(line)
+            for header, *body in layers:
+                # finite layers, and layers that only pass a NaN on, are one line here (trace.json keeps
+                # every stage): the producer's layer reads at a glance
+                if header.endswith("finite"):
+                    tree.add(f"[green]{header}[/green]")
+                    continue
+                if not any("PRODUCER" in line for line in body):
+                    n = sum(line.startswith("    ") for line in body)
+                    tree.add(f"[yellow]{header}: {n} stages pass the NaN on[/yellow]")
+                    continue
+                layer_node = tree.add(f"[bold]{header}[/bold]")
+                for line in body:
+                    if not line.startswith("    "):
+                        node = layer_node.add(line.strip())
+                        continue
                     style = "bold red" if "PRODUCER" in line else ("yellow" if "propagates" in line else "")
                     node.add(f"[{style}]{line.strip()}[/{style}]" if style else line.strip())
             con.print(tree)
@@ -145,12 +163,16 @@ def nan_trace(
                 t = Table(title="diagnosis", title_justify="left", show_header=False)
                 t.add_column("what")
                 t.add_column("")
+                t.add_row("producer", res.producer.sid)
                 t.add_row(
-                    "exact NVFP4 pipeline on the same inputs",
+                    "exact pipeline on the same inputs",
                     {True: "finite", False: "NaN too", None: "not rerun"}[d["exact_pipeline_finite"]],
                 )
-                t.add_row("tokens", str(d["where"].get("tokens", [])[:16]))
-                t.add_row("experts", str(d["where"].get("experts", [])[:16]))
+                toks = d["where"].get("tokens", [])
+                t.add_row("tokens", f"{len(toks)}: {toks[:16]}{' ...' if len(toks) > 16 else ''}")
+                for what in ("experts", "heads", "entries"):
+                    if what in d["where"]:
+                        t.add_row(what, str(d["where"][what][:16]))
                 for f in d["findings"][:5]:
                     t.add_row(f"{f['severity']}: {f['kind']}", f"{f['family']}: {f['detail']}")
                 con.print(t)
