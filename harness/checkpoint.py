@@ -119,6 +119,7 @@ class Checkpoint:
         if not self.path.is_dir():
             raise InputError(f"{self.path} is not a directory: --checkpoint takes the checkpoint directory")
         self.config: ModelConfig = load_config(self.path)
+        self.device: str | None = None  # where tensors go once read ("cuda": packed, before any decode)
         self.bytes_read = 0
         self.shards_opened: list[str] = []
         self._headers: dict[str, dict[str, TensorEntry]] = {}
@@ -207,7 +208,7 @@ class Checkpoint:
         else:
             t, n = read_tensor(entry, sl.offset, sl.shape)
         self.bytes_read += n
-        return t
+        return t if self.device is None else t.to(self.device)
 
     def member_entries(self, family: str) -> dict[str, TensorEntry]:
         members = self._members.get(family)

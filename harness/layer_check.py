@@ -409,8 +409,18 @@ def layer_rows(ckpt: Checkpoint, backend, c: LayerCheck, thresholds: Thresholds,
         if c.only in (None, "attn"):
             _attention_rows(out, backend, ctx, c)
         if c.only in (None, "moe"):
+            # the layer's MoE weights, scales set: a second load would hold a Pro layer's experts twice
             mc = MoECheck(
-                "layer", PIPELINE, c.layer, "natural", c.tokens, c.seed, act_scales=c.act_scales, x=ctx.ref["moe_in"]
+                "layer",
+                PIPELINE,
+                c.layer,
+                "natural",
+                c.tokens,
+                c.seed,
+                act_scales=c.act_scales,
+                x=ctx.ref["moe_in"],
+                weights=ctx.lw.moe,
+                meta={"act_scales": c.meta["act_scales"]},
             )
             for row in moe_rows(ckpt, backend, mc, thresholds, ctx_cols):
                 row.update({"check": c.check, "ref_mode": c.ref_mode, "phase": "prefill"})

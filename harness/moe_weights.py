@@ -11,6 +11,8 @@ SwiGLU output); "auto" is "checkpoint" when every expert has an input scale.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 import torch
 
 from fp4check.checkpoint import Checkpoint, Weight
@@ -32,6 +34,53 @@ def _decode_value(q: NVFP4Tensor) -> torch.Tensor:
     return q.global_scale.to_decode().value.reshape(())
 
 
+def _empty_stack(n: int, q: NVFP4Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(packed [n, groups*N, K/2], scales uint8 [n, groups*N, K/16], global decode [n, groups])."""
+    rows = q.packed.shape[0] * groups
+    dev = q.packed.device
+    return (
+        torch.empty(n, rows, q.packed.shape[1], dtype=torch.uint8, device=dev),
+        torch.empty(n, rows, q.scales.shape[1], dtype=torch.uint8, device=dev),
+        torch.empty(n, groups, dtype=torch.float32, device=dev),
+    )
+
+
+def _put(stack: tuple, i: int, rows: slice, q: NVFP4Tensor, group: int) -> None:
+    stack[0][i, rows] = q.packed
+    stack[1][i, rows] = q.scales.view(torch.uint8)
+    stack[2][i, group] = _decode_value(q)
+
+
+# below this many float32 bytes every expert's dequantized weights are kept once read
+FLOAT_CACHE_BYTES = 1 << 30
+
+
+class ExpertsFloat(Mapping):
+    """expert id -> (w1, w3, w2) float32 for the reference, dequantized from the checkpoint as stored
+    when asked. Small layers keep them once read; a Pro layer's 384 experts would take 101 GB in
+    float32, so there one expert at a time is in memory."""
+
+    def __init__(self, ckpt: Checkpoint, prefix: str, ids: range, float_bytes: int):
+        self.ckpt, self.prefix, self.ids = ckpt, prefix, ids
+        self._cache: dict | None = {} if float_bytes < FLOAT_CACHE_BYTES else None
+
+    def __getitem__(self, e: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if e not in self.ids:
+            raise KeyError(e)
+        if self._cache is not None and e in self._cache:
+            return self._cache[e]
+        out = tuple(self.ckpt.weight(f"{self.prefix}experts.{e}.{x}").dequantize() for x in ("w1", "w3", "w2"))
+        if self._cache is not None:
+            self._cache[e] = out
+        return out
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 def load_moe_weights(ckpt: Checkpoint, layer: int, ep_size: int = 1, ep_rank: int = 0) -> MoEWeights:
     cfg = ckpt.config
     cfg.layer(layer)
@@ -47,20 +96,23 @@ def load_moe_weights(ckpt: Checkpoint, layer: int, ep_size: int = 1, ep_rank: in
     gate = ckpt.weight(f"{p}gate").dequantize()
     bias = ckpt.weight(f"{p}gate.bias").dequantize() if routing == "bias" else None
     tid2eid = ckpt.tensor(f"{p}gate.tid2eid") if routing == "hash" else None
-    w13_packed, w13_scales, w13_global, w2_packed, w2_scales, w2_global = [], [], [], [], [], []
-    in1, in2, experts_float = [], [], {}
-    for e in range(start, start + n_local):
-        w1, w3, w2 = (ckpt.weight(f"{p}experts.{e}.{x}") for x in ("w1", "w3", "w2"))
-        q1, q3, q2 = _as_nvfp4(w1), _as_nvfp4(w3), _as_nvfp4(w2)
-        w13_packed.append(torch.cat([q1.packed, q3.packed]))
-        w13_scales.append(torch.cat([q1.scales.view(torch.uint8), q3.scales.view(torch.uint8)]))
-        w13_global.append(torch.stack([_decode_value(q1), _decode_value(q3)]))
-        w2_packed.append(q2.packed)
-        w2_scales.append(q2.scales.view(torch.uint8))
-        w2_global.append(_decode_value(q2).reshape(1))
-        for w, sink in ((w1, in1), (w3, in1), (w2, in2)):
+    w13 = w2 = None
+    in1, in2 = [], []
+    # each expert copied into preallocated stacks: loading never holds the layer's packed bytes twice
+    for i, e in enumerate(range(start, start + n_local)):
+        w1, w3, w2w = (ckpt.weight(f"{p}experts.{e}.{x}") for x in ("w1", "w3", "w2"))
+        q1, q3, q2 = _as_nvfp4(w1), _as_nvfp4(w3), _as_nvfp4(w2w)
+        if w13 is None:
+            w13, w2 = _empty_stack(n_local, q1, 2), _empty_stack(n_local, q2, 1)
+        inter = q1.packed.shape[0]
+        _put(w13, i, slice(0, inter), q1, 0)
+        _put(w13, i, slice(inter, 2 * inter), q3, 1)
+        _put(w2, i, slice(None), q2, 0)
+        for w, sink in ((w1, in1), (w3, in1), (w2w, in2)):
             sink.append(w.input_scale.to_decode().value.reshape(()) if w.input_scale is not None else None)
-        experts_float[e] = (w1.dequantize(), w3.dequantize(), w2.dequantize())
+        del w1, w3, w2w, q1, q3, q2
+    dim, inter = w13[0].shape[-1] * 2, w2[0].shape[-1] * 2
+    experts_float = ExpertsFloat(ckpt, p, range(start, start + n_local), n_local * 3 * inter * dim * 4)
     shared = {x: ckpt.weight(f"{p}shared_experts.{x}") for x in ("w1", "w2", "w3")}
     have_scales = all(s is not None for s in in1 + in2)
     weights = MoEWeights(
@@ -68,16 +120,8 @@ def load_moe_weights(ckpt: Checkpoint, layer: int, ep_size: int = 1, ep_rank: in
         gate=gate,
         bias=bias,
         tid2eid=tid2eid,
-        w13=GroupedNVFP4(
-            torch.stack(w13_packed),
-            torch.stack(w13_scales).view(torch.float8_e4m3fn),
-            DecodeScale(torch.stack(w13_global)),
-        ),
-        w2=GroupedNVFP4(
-            torch.stack(w2_packed),
-            torch.stack(w2_scales).view(torch.float8_e4m3fn),
-            DecodeScale(torch.stack(w2_global)),
-        ),
+        w13=GroupedNVFP4(w13[0], w13[1].view(torch.float8_e4m3fn), DecodeScale(w13[2])),
+        w2=GroupedNVFP4(w2[0], w2[1].view(torch.float8_e4m3fn), DecodeScale(w2[2])),
         input_scale_l1=DecodeScale(torch.stack(in1).max()) if have_scales else DecodeScale(torch.tensor(float("nan"))),
         input_scale_l2=DecodeScale(torch.stack(in2).max()) if have_scales else DecodeScale(torch.tensor(float("nan"))),
         shared=shared,

@@ -23,13 +23,26 @@ STDERR_TAIL = 600
 
 
 def execute(spec: dict) -> list[dict]:
-    """All rows of one check, computed in this process. spec is plain JSON (see checks_for)."""
+    """All rows of one check, computed in this process. spec is plain JSON (see checks_for). With
+    spec["device"] = "cuda" the checkpoint's tensors go to the GPU as read and every tensor the check
+    makes is made there (torch's default device)."""
+    device = spec.get("device", "cpu")
+    if device == "cpu":
+        return _execute(spec, None)
+    import torch
+
+    with torch.device(device):
+        return _execute(spec, device)
+
+
+def _execute(spec: dict, device: str | None) -> list[dict]:
     from fp4check.checkpoint import Checkpoint
     from fp4check.kernels.registry import load_backend
     from fp4check.moe_check import MoECheck, moe_rows
     from fp4check.thresholds import Thresholds
 
     ckpt = Checkpoint(spec["checkpoint"])
+    ckpt.device = device
     backend = load_backend(spec["backend"], spec.get("inject") or ())
     thresholds = Thresholds.load(
         tuple(spec.get("thresholds", ())), Path(spec["config"]) if spec.get("config") else None

@@ -69,7 +69,8 @@ def make_inputs(ckpt: Checkpoint, scenario: str, layer: int, tokens: int, seed: 
     if scenario == "skewed":
         tokens = max(tokens, SKEWED_MIN_TOKENS)
     g = torch.Generator().manual_seed(seed)
-    token_ids = torch.randint(0, cfg.vocab_size, (tokens,), generator=g)
+    # drawn on the CPU (same ids on every device), then placed where this run computes
+    token_ids = torch.randint(0, cfg.vocab_size, (tokens,), generator=g, device="cpu").to(torch.get_default_device())
     h = ckpt.weight("embed").dequantize()[token_ids]
     x = rms_norm(h, ckpt.weight(f"layers.{layer}.ffn_norm").dequantize(), cfg.rms_norm_eps).to(torch.bfloat16)
     k, e = cfg.num_experts_per_tok, cfg.n_routed_experts

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 import torch
 
 from fp4check.checkpoint import Checkpoint
+from fp4check.kernels.emulated import EmulatedBackend
 from fp4check.layer_forward import (
+    attention_runs,
     backend_attention,
     embed_streams,
     hc_post_block,
@@ -127,6 +129,7 @@ class TraceResult:
     producer: StageStat | None = None
     diagnosis: dict = field(default_factory=dict)
     cause: str = "no NaN or Inf in any stage"
+    notes: list[str] = field(default_factory=list)
 
 
 def _stat(layer: int, block: str, stage: str, got, want) -> StageStat:
@@ -160,7 +163,9 @@ def _backend_layer(backend, ckpt, n, lw, streams, ref_truth, scenario, tokens, s
     pre = hc_pre_block(backend, streams, lw, "attn")
     flat["hc.attn_pre"] = pre["input"]
     attn_in = norm_bf16(pre["input"], lw.attn_norm, lw.eps)
-    res = backend_attention(backend, attn_in, lw.attn, seed)
+    # a MoE-only plugin: its layers' attention runs on the emulated ops (named in the trace's notes)
+    attn_ops = backend if attention_runs(backend) else EmulatedBackend()
+    res = backend_attention(attn_ops, attn_in, lw.attn, seed)
     attn = dict(res.stages)
     attn.setdefault("out", res.out)
     for s in ATTN_TRACE:
@@ -205,6 +210,8 @@ def nan_trace(
     progress=None,
 ) -> TraceResult:
     res = TraceResult()
+    if not attention_runs(backend):
+        res.notes.append(f"backend {backend.name} has no attention ops: attention stages ran on the emulated ops")
     first, last = layers[0], layers[-1]
     ids = make_inputs(ckpt, scenario, first, tokens, seed).token_ids
     ref_s = embed_streams(ckpt, ids)

@@ -116,7 +116,8 @@ class RoutePlan:
 
     ids/weights [T, k] as routed (global ids); local [T, k] local expert id or -1 where the expert is
     not on this rank; counts [E_local]; offsets [E_local + 1] padded row offsets (multiples of 128);
-    row_of [T, k] padded row of each slot or -1; token_of [P] source token of each row or -1 (padding).
+    row_of [T, k] padded row of each slot or -1; token_of [P] source token of each row or -1 (padding);
+    P = offsets[-1], or more for a plan sized before routing (static shapes, CUDA graphs).
     """
 
     ids: torch.Tensor
@@ -129,7 +130,8 @@ class RoutePlan:
 
     @property
     def rows(self) -> int:
-        return int(self.offsets[-1])
+        """P, the padded row count: offsets[-1], or more for a plan sized before routing (static shapes)."""
+        return self.token_of.shape[0]
 
 
 @dataclass

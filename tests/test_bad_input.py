@@ -152,3 +152,16 @@ def test_synth_refuses_to_overwrite(tiny_bf16):
 
 def test_unknown_option():
     assert_input_error(run_cli("info", "--bogus"), "--bogus", "fp4check info --help")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_device_cuda_without_a_gpu(tiny_modelopt, tmp_path):
+    assert_input_error(
+        run_cli("layer", "--type", "C4A", "--device", "cuda", "--checkpoint", str(tiny_modelopt)),
+        "--device cuda",
+        "GPU",
+    )
+    assert_input_error(
+        run_cli("synth", "--preset", "tiny", "--device", "cuda", "--out", str(tmp_path / "s")), "--device cuda"
+    )
+    assert not (tmp_path / "s").exists()

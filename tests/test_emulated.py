@@ -37,6 +37,36 @@ def test_plan_never_drops_and_pads_each_expert_to_128(t, k, n_experts, ep, seed)
     assert torch.equal(plan.token_of[rows], tokens[local])
 
 
+@given(st.integers(1, 300), st.integers(1, 6), st.integers(6, 40), st.integers(0, 10_000))
+@settings(max_examples=40, deadline=None)
+def test_a_plan_sized_before_routing_is_the_exact_plan_plus_padding(t, k, n_local, seed):
+    """max_rows (what a CUDA graph needs: no size read back from the GPU) changes nothing but the tail."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.stack([torch.randperm(n_local + 3, generator=g)[:k] for _ in range(t)])  # some not local
+    w = torch.rand(t, k, generator=g)
+    exact = emu.plan_routes(ids, w, 0, n_local)
+    bound = emu.static_rows(t, k, n_local)
+    static = emu.plan_routes(ids, w, 0, n_local, max_rows=bound)
+    assert exact.rows == int(exact.offsets[-1]) <= static.rows == bound
+    for f in ("counts", "offsets", "row_of", "local"):
+        assert torch.equal(getattr(exact, f), getattr(static, f)), f
+    assert torch.equal(static.token_of[: exact.rows], exact.token_of)
+    assert bool((static.token_of[exact.rows :] == -1).all())
+    x = torch.randn(t, 16, generator=g)
+    rows = emu.gather_rows(x, static)
+    assert torch.equal(rows[: exact.rows], emu.gather_rows(x, exact)) and not rows[exact.rows :].any()
+    assert torch.equal(emu.per_slot(rows, static), emu.per_slot(rows[: exact.rows], exact))
+
+
+def test_gather_keeps_a_nan_token_in_its_own_rows():
+    """Padding rows are 0 even when a token holds NaN (a masked multiply would spread 0 x NaN)."""
+    ids = torch.tensor([[0, 1], [1, 2]])
+    plan = emu.plan_routes(ids, torch.ones(2, 2), 0, 3)
+    x = torch.tensor([[float("nan")] * 4, [1.0] * 4])
+    rows = emu.gather_rows(x, plan)
+    assert int(torch.isnan(rows).any(-1).sum()) == 2 and int((rows == 0).all(-1).sum()) == plan.rows - 4
+
+
 def _per_token_loop(truth):
     """The NVFP4 pipeline one (token, slot) at a time, in float64, with the kernel's bf16 rounding points."""
     w, plan = truth.weights, truth.plan

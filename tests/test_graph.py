@@ -58,6 +58,8 @@ def test_graph_command_on_the_emulated_backend_names_its_host_syncs(tiny_modelop
     res = {x["op"]: x for x in json.loads(r.stdout)}
     assert res["grouped_gemm_nvfp4"]["status"] == "fail" and "host sync" in res["grouped_gemm_nvfp4"]["reason"]
     assert res["swiglu_clamp"]["status"] == "pass"
+    # its route planning sizes buffers from GPU values: routing inside a graph cannot be captured
+    assert res["moe_forward"]["status"] == "fail" and "host sync" in res["moe_forward"]["reason"]
 
 
 def test_graph_without_a_gpu_is_a_clear_error(tiny_modelopt):

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from fp4check.references.common import clamped_swiglu
@@ -64,3 +65,31 @@ def test_expert_and_combine_by_hand():
     local = moe(x, routing, experts, None, 10.0, local=(1, 1))
     assert torch.allclose(local["combine"], torch.tensor([[0.75 * 3 * a1, -0.75 * a1]]))
     assert bool((local["l2"][0, 0] == 0).all())
+
+
+def test_reference_experts_are_read_when_asked_and_cached_only_when_small(tiny_modelopt, monkeypatch):
+    """A Pro layer's experts in float32 would take 101 GB: above the cache limit each access reads and
+    dequantizes one expert from the checkpoint, with the same values the cached path gives."""
+    from fp4check import moe_weights
+    from fp4check.checkpoint import Checkpoint
+
+    ckpt = Checkpoint(tiny_modelopt)
+    small = moe_weights.load_moe_weights(ckpt, 1).extra["experts_float"]
+    first = small[3]
+    assert small[3] is first and len(small) == 16 and list(small)[:2] == [0, 1]
+    monkeypatch.setattr(moe_weights, "FLOAT_CACHE_BYTES", 1)
+    big = moe_weights.load_moe_weights(ckpt, 1).extra["experts_float"]
+    again = big[3]
+    assert big[3] is not again and all(torch.equal(a, b) for a, b in zip(again, first, strict=True))
+    with pytest.raises(KeyError):
+        big[16]
+
+
+def test_layer_weight_bytes_count_what_the_checkpoint_stores(tiny_modelopt):
+    from fp4check.checkpoint import Checkpoint
+    from fp4check.gpu_memory import layer_weight_bytes
+
+    ckpt = Checkpoint(tiny_modelopt)
+    n = layer_weight_bytes(ckpt, 1)
+    loaded = sum(ckpt.weight(f).nbytes for f in ckpt.families() if f.startswith("layers.1."))
+    assert n == loaded > 0

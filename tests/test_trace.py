@@ -136,3 +136,10 @@ def test_bisection_finds_the_blocks_a_non_local_bug_needs(tiny_modelopt):
 def test_bisection_of_a_clean_backend_finds_nothing(tiny_modelopt):
     r = run_cli("nan-trace", "--bisect", "--layers", "3", "--checkpoint", str(tiny_modelopt), "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["minimal"] is None
+
+
+def test_a_moe_only_plugin_is_traced_with_emulated_attention(tiny_modelopt):
+    plugin = SUPPORT.parent.parent / "examples" / "plugin_backend.py"
+    code, d = _trace("--checkpoint", str(tiny_modelopt), "--layers", "1", "--backend", f"{plugin}:FusedRunnerBackend")
+    assert code == 0 and d["producer"] is None
+    assert d["notes"] and "attention stages ran on the emulated ops" in d["notes"][0]

@@ -35,6 +35,14 @@ _ACT_SCALES = click.option(
     show_default=True,
     help="Activation global scales: the checkpoint's input_scale, or a warm-up amax.",
 )
+_DEVICE = click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="Where the check computes: cuda puts the weights on the GPU in their packed form and runs the "
+    "reference, the emulated pipeline and the backend there (full-size layers); GPU memory peak reported.",
+)
 _EP = [
     click.option("--ep-size", type=int, default=1, show_default=True, help="Expert-parallel ranks to simulate."),
     click.option("--ep-rank", type=int, default=0, show_default=True, help="The rank this run is."),
@@ -88,7 +96,7 @@ def _apply(f, options):
 
 def check_options(f):
     """The options of the checks that take a batch of tokens (kernel, layer, nan-trace)."""
-    return _apply(f, [checkpoint_option, _BACKEND, _TOKENS, _SCENARIO, seed_option, _ACT_SCALES, *_EP, *_RUN])
+    return _apply(f, [checkpoint_option, _BACKEND, _TOKENS, _SCENARIO, seed_option, _ACT_SCALES, _DEVICE, *_EP, *_RUN])
 
 
 def chain_options(f):
@@ -106,16 +114,22 @@ def _run(
     from fp4check.runner import run_checks
     from fp4check.thresholds import Thresholds
 
+    gpu = _gpu_run(ckpt, specs, opts)
     path, run_id = new_run_dir(opts["out"])
     meta = {
         **run_meta(ckpt, opts["seed"], opts["backend"]),
         "isolate": opts["isolate"],
+        "device": opts.get("device", "cpu"),
         "thresholds": Thresholds.load(opts["thresholds"], opts["config"]).table,
         **(extra_meta or {}),
     }
     writer = RunWriter(path, run_id, meta)
     with progress_bar("checks") as update:
+        if gpu is not None:
+            gpu.start()
         rows = run_checks(specs, writer, opts["isolate"], opts["timeout"], progress=update)
+        if gpu is not None:
+            writer.meta["gpu_memory"] = gpu.stop()
     writer.finish()
     bad = [r for r in rows if r["status"] in ("fail", "error", "crash", "timeout")]
     written = write_reports(path, opts.get("html"), opts.get("junit"))
@@ -126,8 +140,29 @@ def _run(
         render(rows, con, title=f"{title or specs[0]['check']} - backend {opts['backend']}")
         if summary is not None:
             summary(rows, con)
+        if gpu is not None:
+            con.print(gpu.line(writer.meta["gpu_memory"]))
         con.print(f"results: {path}" + "".join(f"  {kind}: {p}" for kind, p in written))
     sys.exit(1 if bad else 0)
+
+
+def _gpu_run(ckpt, specs: list[dict], opts: dict):
+    """The GPU meter of a --device cuda run (None on the CPU); the specs learn the device."""
+    if opts.get("device", "cpu") == "cpu":
+        return None
+    import torch
+
+    from fp4check.errors import InputError
+    from fp4check.gpu_memory import GpuMeter
+
+    if not torch.cuda.is_available():
+        raise InputError("--device cuda needs a CUDA GPU, and this machine has none: drop --device or use a GPU host")
+    if opts["isolate"]:
+        raise InputError("--device cuda measures GPU memory in this process: drop --isolate")
+    for spec in specs:
+        spec["device"] = opts["device"]
+    layers = sorted({s["layer"] for s in specs if s.get("layer") is not None})
+    return GpuMeter(ckpt, layers)
 
 
 def write_reports(run_dir: Path, html: Path | None, junit: Path | None) -> list[tuple[str, Path]]:

@@ -124,6 +124,7 @@ def nan_trace(
             "propagators": [s.sid for s in res.stats if s.role == "propagator"],
             "diagnosis": res.diagnosis,
             "cause": res.cause,
+            "notes": res.notes,
             "tree": tree_lines(res),
         }
         hit = res.producer
@@ -176,6 +177,8 @@ def nan_trace(
                 for f in d["findings"][:5]:
                     t.add_row(f"{f['severity']}: {f['kind']}", f"{f['family']}: {f['detail']}")
                 con.print(t)
+        for note in trace.get("notes", []):
+            con.print(f"[yellow]note:[/yellow] {note}")
         con.print(f"[bold]{'cause' if hit else 'result'}:[/bold] {cause}")
         con.print(f"results: {path}")
     sys.exit(1 if hit else 0)

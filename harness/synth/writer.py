@@ -112,18 +112,26 @@ class _ShardWriter:
 
 
 def _stream(
-    cfg, specs: dict[str, FamilySpec], fmt: str, seed: int, defects: dict[str, defect_mod.Defect], tokens: int
+    cfg,
+    specs: dict[str, FamilySpec],
+    fmt: str,
+    seed: int,
+    defects: dict[str, defect_mod.Defect],
+    tokens: int,
+    device: str = "cpu",
 ) -> Iterator[tuple[FamilySpec, str, dict[str, torch.Tensor]]]:
-    """(spec, storage, stored members) for every family, in storage order."""
+    """(spec, storage, stored members) for every family, in storage order; values drawn and encoded on
+    `device` (a GPU makes a full-size layer in seconds; its random streams differ from the CPU's)."""
     blocks: dict[str, list[FamilySpec]] = {}
     for s in specs.values():
         blocks.setdefault(_block_key(s.name), []).append(s)
-    embed = family_values(specs["embed"], cfg, seed)
-    ids = torch.randint(0, cfg.vocab_size, (tokens,), generator=generator(seed, "calibration"))
+    embed = family_values(specs["embed"], cfg, seed, device)
+    g = generator(seed, "calibration")
+    ids = torch.randint(0, cfg.vocab_size, (tokens,), generator=g, device="cpu").to(device)
     h = embed[ids]
     for key, fams in blocks.items():
         small = {
-            s.name: (embed if s.name == "embed" else family_values(s, cfg, seed))
+            s.name: (embed if s.name == "embed" else family_values(s, cfg, seed, device))
             for s in fams
             if expert_of(s.name) is None
         }
@@ -142,7 +150,9 @@ def _stream(
             else:
                 if s.name not in expert_cache:
                     base = s.name.rsplit(".", 1)[0] + "."
-                    trio = {f"{base}{w}": family_values(specs[f"{base}{w}"], cfg, seed) for w in ("w1", "w2", "w3")}
+                    trio = {
+                        f"{base}{w}": family_values(specs[f"{base}{w}"], cfg, seed, device) for w in ("w1", "w2", "w3")
+                    }
                     amax.update(_mlp_amax(cfg, base, trio[f"{base}w1"], trio[f"{base}w3"], xf))
                     expert_cache.update(trio)
                 values = expert_cache.pop(s.name)
@@ -169,6 +179,7 @@ def synthesize(
     defects: list[str] | tuple[str, ...] = (),
     names: str = "deepseek",
     progress: Callable[[int, int, str], None] | None = None,
+    device: str = "cpu",
 ) -> SynthResult:
     """Write a synthetic checkpoint into `out` (created; must not hold a checkpoint already)."""
     if preset not in PRESETS:
@@ -200,9 +211,8 @@ def synthesize(
     fused: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
     count = 0
     try:
-        for i, (spec, _storage, members) in enumerate(
-            _stream(cfg, specs, fmt, seed, by_family, CALIBRATION_TOKENS[preset])
-        ):
+        stream = _stream(cfg, specs, fmt, seed, by_family, CALIBRATION_TOKENS[preset], device)
+        for i, (spec, _storage, members) in enumerate(_on(device, stream)):
             if progress:
                 progress(i + 1, len(specs), spec.name)
             for member, t in members.items():
@@ -235,10 +245,21 @@ def synthesize(
         "format": fmt,
         "names": names,
         "seed": seed,
+        "device": device,
         "defects": [str(d) for d in parsed],
     }
     (out / STAMP_FILE).write_text(json.dumps(stamp, indent=2) + "\n")
     return SynthResult(out, count, writer.total, shards, stamp)
+
+
+def _on(device: str, items: Iterator):
+    """Iterate with `device` as torch's default device (the encoders make tensors without naming one)."""
+    while True:
+        with torch.device(device):
+            item = next(items, None)
+        if item is None:
+            return
+        yield item
 
 
 def _fused_complete(name: str, per_expert: dict[int, dict[str, torch.Tensor]], n: int) -> bool:

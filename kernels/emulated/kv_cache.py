@@ -69,7 +69,7 @@ class PagePool:
     def __init__(self, n_pages: int, block: int, seed: int = 0):
         self.block = block
         self.pages = torch.full((n_pages, page_bytes(block)), self.POISON, dtype=torch.uint8)
-        self._free = torch.randperm(n_pages, generator=torch.Generator().manual_seed(seed)).tolist()
+        self._free = torch.randperm(n_pages, generator=torch.Generator().manual_seed(seed), device="cpu").tolist()
 
     def table(self, n_blocks: int) -> torch.Tensor:
         """A block table of n_blocks fresh pages."""

@@ -27,46 +27,62 @@ from fp4check.references.swizzle import swizzle_128x4, unswizzle_128x4
 ROW_ALIGN = 128
 
 
-def plan_routes(ids: torch.Tensor, weights: torch.Tensor, expert_start: int, n_local: int) -> RoutePlan:
-    """Expert-sorted, 128-padded row plan for the slots whose expert lives on this rank."""
+def static_rows(tokens: int, topk: int, n_local: int) -> int:
+    """The most padded rows a plan of `tokens` x `topk` slots over n_local experts can need: every slot,
+    plus up to 127 padding rows for each expert that gets any, rounded to 128."""
+    rows = tokens * topk + min(n_local, tokens * topk) * (ROW_ALIGN - 1)
+    return -(-rows // ROW_ALIGN) * ROW_ALIGN
+
+
+def plan_routes(
+    ids: torch.Tensor, weights: torch.Tensor, expert_start: int, n_local: int, max_rows: int | None = None
+) -> RoutePlan:
+    """Expert-sorted, 128-padded row plan for the slots whose expert lives on this rank.
+
+    With max_rows (static_rows of the batch) every buffer has a size known before routing and nothing
+    waits on the GPU: the plan a CUDA graph can capture; rows past offsets[-1] are padding. Without it
+    the plan is exactly offsets[-1] rows (one host sync to size token_of)."""
     t, k = ids.shape
+    dev = ids.device
     local = ids - expert_start
     valid = (local >= 0) & (local < n_local)
     local = torch.where(valid, local, torch.full_like(local, -1))
     flat = local.flatten()
-    counts = torch.bincount(flat[flat >= 0], minlength=n_local)
+    # counts with a fixed size (bincount's size depends on the data: a host sync on the GPU)
+    counts = torch.zeros(n_local, dtype=torch.int64, device=dev).scatter_add_(
+        0, flat.clamp(min=0), valid.flatten().long()
+    )
     padded = (counts + ROW_ALIGN - 1) // ROW_ALIGN * ROW_ALIGN
-    offsets = torch.cat([torch.zeros(1, dtype=torch.int64, device=ids.device), padded.cumsum(0)])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64, device=dev), padded.cumsum(0)])
     # stable sort by expert keeps token order inside each expert; masked slots sort last
     key = torch.where(flat >= 0, flat, torch.full_like(flat, n_local))
     order = torch.sort(key, stable=True).indices
     sorted_e = key[order]
-    n_valid = int((flat >= 0).sum())
-    first_of_expert = torch.cat([torch.zeros(1, dtype=torch.int64, device=ids.device), counts.cumsum(0)])
-    pos = torch.arange(n_valid, device=ids.device) - first_of_expert[sorted_e[:n_valid]]
-    rows = offsets[sorted_e[:n_valid]] + pos
-    row_of = torch.full((t * k,), -1, dtype=torch.int64, device=ids.device)
-    row_of[order[:n_valid]] = rows
-    token_of = torch.full((int(offsets[-1]),), -1, dtype=torch.int64, device=ids.device)
-    token_of[rows] = order[:n_valid] // k
-    return RoutePlan(ids, weights, local, counts, offsets, row_of.view(t, k), token_of)
+    first_of_expert = torch.cat([torch.zeros(1, dtype=torch.int64, device=dev), counts.cumsum(0)])
+    live = sorted_e < n_local
+    e = sorted_e.clamp(max=n_local - 1)
+    rows = torch.where(live, offsets[e] + torch.arange(t * k, device=dev) - first_of_expert[e], -1)
+    row_of = torch.empty(t * k, dtype=torch.int64, device=dev).scatter_(0, order, rows)
+    n_rows = int(offsets[-1]) if max_rows is None else max_rows
+    # one spare slot takes the writes of masked slots, then is cut off
+    token_of = torch.full((n_rows + 1,), -1, dtype=torch.int64, device=dev)
+    token_of.scatter_(0, torch.where(live, rows, n_rows), torch.where(live, order // k, -1))
+    return RoutePlan(ids, weights, local, counts, offsets, row_of.view(t, k), token_of[:n_rows])
 
 
 def gather_rows(x: torch.Tensor, plan: RoutePlan) -> torch.Tensor:
     """The padded [P, D] input of the grouped GEMM: row r holds x[token_of[r]], padding rows are 0."""
-    out = torch.zeros(plan.rows, x.shape[-1], dtype=x.dtype, device=x.device)
-    live = plan.token_of >= 0
-    out[live] = x[plan.token_of[live]]
-    return out
+    live = (plan.token_of >= 0).unsqueeze(1)
+    return torch.where(live, x[plan.token_of.clamp(min=0)], torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def per_slot(rows: torch.Tensor, plan: RoutePlan) -> torch.Tensor:
     """[P, N] padded rows -> [T, k, N] per routing slot (masked slots are 0)."""
-    t, k = plan.row_of.shape
-    out = torch.zeros(t, k, rows.shape[-1], dtype=rows.dtype, device=rows.device)
-    m = plan.row_of >= 0
-    out[m] = rows[plan.row_of[m]]
-    return out
+    zero = torch.zeros((), dtype=rows.dtype, device=rows.device)
+    if rows.shape[0] == 0:  # no slot on this rank
+        return zero.expand(*plan.row_of.shape, rows.shape[-1]).clone()
+    live = (plan.row_of >= 0).unsqueeze(-1)
+    return torch.where(live, rows[plan.row_of.clamp(min=0)], zero)
 
 
 def quantize_activation(x: torch.Tensor, global_scale: EncodeScale) -> NVFP4Activation:
@@ -91,7 +107,8 @@ def _weight_values(b: GroupedNVFP4, e: int) -> torch.Tensor:
 
 def grouped_gemm_nvfp4(a: NVFP4Activation, b: GroupedNVFP4, offsets: torch.Tensor) -> torch.Tensor:
     """bf16 [P, N]: rows of expert e times expert e's weight, fp32 accumulation, alpha in the epilogue."""
-    a_vals = dequantize_activation(a, with_global=False)
+    # A decoded one expert's rows at a time: at the Pro shapes all of A in float32 is 1.4 GB
+    a_scales = e4m3_decode(unswizzle_128x4(a.scales, a.rows, a.cols // NVFP4_BLOCK))
     a_dec = a.global_scale.to_decode().value
     n = b.packed.shape[1]
     groups = b.global_scale.value.shape[-1] if b.global_scale.value.dim() > 1 else 1
@@ -101,7 +118,10 @@ def grouped_gemm_nvfp4(a: NVFP4Activation, b: GroupedNVFP4, offsets: torch.Tenso
         lo, hi = bounds[e], bounds[e + 1]
         if hi == lo:
             continue
-        acc = a_vals[lo:hi] @ _weight_values(b, e).t()  # fp32 accumulation
+        a_vals = e2m1_decode(unpack_e2m1(a.packed[lo:hi])).view(hi - lo, -1, NVFP4_BLOCK) * a_scales[lo:hi].unsqueeze(
+            -1
+        )
+        acc = a_vals.view(hi - lo, a.cols) @ _weight_values(b, e).t()  # fp32 accumulation
         alpha = (a_dec * b.global_scale.value[e]).to(torch.float32).reshape(1, groups, 1)
         out[lo:hi] = (acc.view(hi - lo, groups, n // groups) * alpha).view(hi - lo, n).to(torch.bfloat16)
     return out

@@ -1,17 +1,23 @@
 """The `triton` backend: NVFP4 activation quantization and the grouped NVFP4 GEMM as Triton kernels
 (nvfp4_quant.py, grouped_gemm.py); every other op is the emulated backend's, on the same device.
 
-The harness hands over CPU tensors; these ops move their inputs to the GPU and return CPU tensors, so
-they slot into every check. `fp4check bench` calls the kernels on GPU tensors directly. Triton is
-imported only when an op runs: a machine without it lists the backend with its unmet needs.
+The harness hands over CPU tensors; these ops move their inputs to the GPU and return tensors on the
+device they got, so they slot into every check. `moe_forward` runs the whole block on the GPU with no
+host sync (routing, a row plan sized before routing, the two kernels, SwiGLU, combine, the shared expert
+through the same kernels), so a runtime can capture it in a CUDA graph; `fp4check graph` checks that.
+`fp4check bench` calls the kernels on GPU tensors directly. Triton is imported only when an op runs: a
+machine without it lists the backend with its unmet needs.
 """
 
 from __future__ import annotations
 
 import torch
 
-from fp4check.kernels.contract import GroupedNVFP4, NVFP4Activation
+from fp4check.kernels.contract import GroupedNVFP4, MoEOutput, MoEWeights, NVFP4Activation, RoutePlan
 from fp4check.kernels.emulated import EmulatedBackend
+from fp4check.kernels.emulated import moe as emu
+from fp4check.kernels.emulated.shared import shared_expert as _shared_expert
+from fp4check.kernels.placement import to_device
 from fp4check.kernels.registry import Needs
 from fp4check.references.nvfp4 import EncodeScale
 
@@ -49,3 +55,21 @@ class TritonBackend(EmulatedBackend):
             _cuda(offsets),
         )
         return out.to(a.packed.device)
+
+    @classmethod
+    def shared_expert(cls, x: torch.Tensor, w: MoEWeights) -> torch.Tensor:
+        return _shared_expert(x, w, ops=cls)
+
+    @classmethod
+    def moe_forward(
+        cls, x: torch.Tensor, w: MoEWeights, token_ids: torch.Tensor, plan: RoutePlan | None = None
+    ) -> MoEOutput:
+        home = x.device
+        if home.type != "cuda":
+            x, w, token_ids, plan = to_device((x, w, token_ids, plan), "cuda")
+        if plan is None:
+            ids, weights = emu.router(x, w, token_ids)
+            rows = emu.static_rows(ids.shape[0], ids.shape[1], w.n_local)
+            plan = emu.plan_routes(ids, weights, w.expert_start, w.n_local, max_rows=rows)
+        out = emu.moe_forward(x, w, token_ids, plan, ops=cls)
+        return out if home.type == "cuda" else to_device(out, home)

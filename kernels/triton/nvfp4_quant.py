@@ -7,6 +7,7 @@ Code for code the exact codec (references/nvfp4.py, EncodeScale convention):
 - code = RNE(x * S_enc / s_b) decided without forming the quotient: |x| * S_enc held exactly as a
   float32 pair (p, fma error) against midpoint * s_b (exact in float32), ties to the even code; blocks
   whose scale is 0 or NaN store code 0; the sign from the sign bit (-0.0 keeps code 8).
+The tile shape is autotuned per K (the row count changes with every batch and is not a key).
 """
 
 from __future__ import annotations
@@ -29,6 +30,17 @@ def _above(p, err, t, tie_up: tl.constexpr):
     return above.to(tl.int32)
 
 
+@triton.autotune(
+    configs=[
+        triton.Config({"BM": 32, "BK": 64}, num_warps=4),
+        triton.Config({"BM": 32, "BK": 128}, num_warps=4),
+        triton.Config({"BM": 16, "BK": 256}, num_warps=4),
+        triton.Config({"BM": 32, "BK": 256}, num_warps=8),
+        triton.Config({"BM": 64, "BK": 128}, num_warps=8),
+        triton.Config({"BM": 64, "BK": 256}, num_warps=8),
+    ],
+    key=["cols"],
+)
 @triton.jit
 def _quant_kernel(x_ptr, packed_ptr, scale_ptr, g_ptr, rows, cols, col_tiles, BM: tl.constexpr, BK: tl.constexpr):
     pid_m = tl.program_id(0)
@@ -89,8 +101,7 @@ def nvfp4_quantize(x: torch.Tensor, global_encode: torch.Tensor) -> tuple[torch.
     packed = torch.empty(rows, cols // 2, dtype=torch.uint8, device=x.device)
     rp, cp = -(-rows // 128) * 128, -(-(cols // 16) // 4) * 4
     scales = torch.zeros(rp * cp, dtype=torch.uint8, device=x.device)
-    bm, bk = 32, 64
-    grid = (triton.cdiv(rows, bm), triton.cdiv(cols, bk))
     g = global_encode.to(device=x.device, dtype=torch.float32).reshape(1)
-    _quant_kernel[grid](x, packed, scales, g, rows, cols, cp // 4, BM=bm, BK=bk)
+    grid = lambda meta: (triton.cdiv(rows, meta["BM"]), triton.cdiv(cols, meta["BK"]))  # noqa: E731
+    _quant_kernel[grid](x, packed, scales, g, rows, cols, cp // 4)
     return packed, scales
