@@ -6,7 +6,7 @@ set -u
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
-python3 -m pytest -q -p no:xdist -p no:cacheprovider tests/test_triton.py tests/test_graph.py tests/test_gpu_codecs.py \
+python3 -m pytest -q -p no:xdist -p no:cacheprovider tests/test_gpu_backends.py tests/test_graph.py tests/test_gpu_codecs.py \
   > "$OUT/gpu_pytest_triton.log" 2>&1
 tail -3 "$OUT/gpu_pytest_triton.log"
 fp4check graph --backend triton > "$OUT/gpu_graph_triton.txt" 2>&1

@@ -103,3 +103,22 @@ class AbortsAndHangs(EmulatedBackend):
 
 def coarse_only(x, w, token_ids, plan=None) -> MoEOutput:
     return emu.moe_forward(x, w, token_ids, plan)
+
+
+class DefaultStreamCuteDSL:
+    """The cutedsl backend with its kernels launched on the legacy default stream instead of torch's
+    current one (the seed bug: invisible to a CUDA graph)."""
+
+    def __new__(cls):
+        from fp4check.kernels.cutedsl import CuteDSLBackend
+
+        class _DefaultStream(CuteDSLBackend):
+            name = "cutedsl-default-stream"
+
+            @staticmethod
+            def _stream():
+                import cuda.bindings.driver as cuda
+
+                return cuda.CUstream(0)
+
+        return _DefaultStream()

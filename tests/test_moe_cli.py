@@ -154,7 +154,6 @@ def test_unmet_needs_skip_with_the_reason(tiny_modelopt):
 @pytest.mark.parametrize(
     "spec,match",
     [
-        ("cutedsl", "not in this version"),
         ("nonsense", "unknown backend"),
         ("no_such_module:X", "does not import"),
         (f"{SUPPORT}:Missing", "has no attribute"),

@@ -16,6 +16,7 @@ SUBPACKAGES = [
     "fp4check.kernels.emulated",
     "fp4check.kernels.reference",
     "fp4check.kernels.triton",
+    "fp4check.kernels.cutedsl",
     "fp4check.references",
     "fp4check.reports",
 ]

@@ -30,10 +30,32 @@ def _counts(tokens: int, topk: int, experts: int, routing: str, gen) -> list[int
     return torch.bincount(ids.flatten(), minlength=experts).tolist()
 
 
-def _gemm_case(op: str, shape: tuple[int, int, int], tokens: int, topk: int, routing: str, seed: int, sets: int):
-    import torch
+KERNELS = ("triton", "cutedsl")
 
-    from fp4check.kernels.triton.nvfp4_quant import nvfp4_quantize
+
+def _kernels(backend: str):
+    """(quantize, grouped_gemm) of a GPU backend, both on GPU tensors with the same signatures."""
+    if backend == "triton":
+        from fp4check.kernels.triton.grouped_gemm import grouped_gemm
+        from fp4check.kernels.triton.nvfp4_quant import nvfp4_quantize
+
+        return nvfp4_quantize, grouped_gemm
+    from fp4check.kernels.cutedsl import grouped_gemm, nvfp4_quantize
+
+    return nvfp4_quantize, grouped_gemm
+
+
+def _compile_s(backend: str) -> float | None:
+    """Seconds the backend's kernels took to compile in this process (cutedsl; Triton's JIT is not split out)."""
+    if backend != "cutedsl":
+        return None
+    from fp4check.kernels.cutedsl.runtime import compile_times
+
+    return sum(compile_times.values())
+
+
+def _gemm_case(op: str, shape, tokens: int, topk: int, routing: str, seed: int, sets: int, nvfp4_quantize):
+    import torch
 
     experts, n, k = shape
     gen = torch.Generator().manual_seed(seed)
@@ -103,7 +125,12 @@ def _torch_grouped(a_bf16, w_bf16, offsets):
 @click.option("--tokens", type=int, default=4096, show_default=True, help="Tokens (l1/l2).")
 @click.option("--topk", type=int, default=6, show_default=True, help="Experts per token (l1/l2).")
 @click.option("--routing", type=click.Choice(["uniform", "skewed"]), default="uniform", show_default=True)
-@click.option("--backend", default="triton", show_default=True, help="Backend whose kernel is timed (triton).")
+@click.option(
+    "--backend",
+    default="triton",
+    show_default=True,
+    help="Backend whose kernels are timed: triton, or cutedsl (timed next to triton where it can run).",
+)
 @click.option("--runs", type=int, default=50, show_default=True, help="Timed runs (at least 50).")
 @seed_option
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Append the rows to this CSV.")
@@ -120,16 +147,16 @@ def bench(op, shape, tokens, topk, routing, backend, runs, seed, csv_path, as_js
     from fp4check.kernels.registry import load_backend
     from fp4check.reports.terminal import stdout_console
 
-    be = load_backend(backend)
-    if backend != "triton":
-        raise InputError(f"fp4check bench times the triton backend's kernels; {backend} has none to time")
-    unmet = be.needs.unmet()
+    if backend not in KERNELS:
+        raise InputError(f"fp4check bench times the kernels of {', '.join(KERNELS)}; {backend} has none to time")
+    unmet = load_backend(backend).needs.unmet()
     if unmet:
         raise InputError(f"backend {backend} cannot run here: {unmet}")
     if runs < 50:
         raise InputError("--runs must be at least 50")
-    from fp4check.kernels.triton.grouped_gemm import grouped_gemm
-    from fp4check.kernels.triton.nvfp4_quant import nvfp4_quantize
+    # the backend, then triton beside it (the alternative a cutedsl user compares with) where it runs
+    timed = [backend] + [b for b in KERNELS if b != backend and b == "triton" and not load_backend(b).needs.unmet()]
+    kernels = {b: _kernels(b) for b in timed}
 
     bw, flops = copy_bandwidth(runs), matmul_flops(runs)
     rows_out = []
@@ -152,11 +179,10 @@ def bench(op, shape, tokens, topk, routing, backend, runs, seed, csv_path, as_js
         from fp4check.kernels.emulated.moe import quantize_activation
         from fp4check.references.nvfp4 import EncodeScale
 
-        for label, fn, graph in (
-            ("triton eager", nvfp4_quantize, False),
-            ("triton graph", nvfp4_quantize, True),
-            ("torch codec (alternative)", lambda x, e: quantize_activation(x, EncodeScale(e.reshape(()))), False),
-        ):
+        variants = [(f"{b} {mode}", kernels[b][0], mode == "graph", b) for b in timed for mode in ("eager", "graph")]
+        alt = lambda x, e: quantize_activation(x, EncodeScale(e.reshape(())))  # noqa: E731
+        variants.append(("torch codec (alternative)", alt, False, None))
+        for label, fn, graph, owner in variants:
             t = time_op(fn, xs, runs, graph=graph)
             gbps = moved / (t.median_us * 1e-6) / 1e9
             rows_out.append(
@@ -167,13 +193,14 @@ def bench(op, shape, tokens, topk, routing, backend, runs, seed, csv_path, as_js
                     **t.as_dict(),
                     "GBps": gbps,
                     "of_copy_bw": gbps * 1e9 / bw,
+                    "compile_s": _compile_s(owner),
                 }
             )
     else:
         e, n, k = PRO[op] if shape is None else tuple(int(v) for v in shape.split(","))
-        inputs, rows, useful, counts = _gemm_case(op, (e, n, k), tokens, topk, routing, seed, sets=2)
+        inputs, rows, useful, counts = _gemm_case(op, (e, n, k), tokens, topk, routing, seed, 2, kernels[backend][0])
         shape_s = f"E{e} N{n} K{k} T{tokens} top{topk} {routing} rows{rows}"
-        variants = [("triton eager", grouped_gemm, False), ("triton graph", grouped_gemm, True)]
+        variants = [(f"{b} {mode}", kernels[b][1], mode == "graph", b) for b in timed for mode in ("eager", "graph")]
         try:
             w16 = _dequant_weights(*inputs[0][3:6])
             acts = [(_dequant_act(ap, asc, dec, rows, k), w16, off) for ap, asc, dec, _, _, _, off in inputs]
@@ -181,12 +208,12 @@ def bench(op, shape, tokens, topk, routing, backend, runs, seed, csv_path, as_js
             def alt_full(ap, asc, dec, bp, bs, bg, off):
                 return _torch_grouped(_dequant_act(ap, asc, dec, rows, k), _dequant_weights(bp, bs, bg), off)
 
-            variants.append(("dequantize + torch grouped_mm (alternative)", alt_full, False))
+            variants.append(("dequantize + torch grouped_mm (alternative)", alt_full, False, None))
             t_w16 = time_op(_torch_grouped, acts, runs)
             del acts, w16  # 4x the packed weights: free them before the per-call dequantization
         except torch.OutOfMemoryError:
             t_w16 = None
-        for label, fn, graph in variants:
+        for label, fn, graph, owner in variants:
             t = time_op(fn, inputs, runs, graph=graph)
             tf = useful / (t.median_us * 1e-6)
             rows_out.append(
@@ -197,6 +224,7 @@ def bench(op, shape, tokens, topk, routing, backend, runs, seed, csv_path, as_js
                     **t.as_dict(),
                     "TFLOPs": tf / 1e12,
                     "of_matmul": tf / flops,
+                    "compile_s": _compile_s(owner),
                 }
             )
         if t_w16 is not None:
@@ -226,7 +254,7 @@ def bench(op, shape, tokens, topk, routing, backend, runs, seed, csv_path, as_js
 
     con = stdout_console()
     t = Table(title=f"bench {op} on {common['gpu']}: copy {bw / 1e9:.0f} GB/s, bf16 matmul {flops / 1e12:.0f} TFLOP/s")
-    for col in ("variant", "shape", "median us", "p10-p90 us", "rate", "of limit"):
+    for col in ("variant", "shape", "median us", "p10-p90 us", "rate", "of limit", "compile s"):
         t.add_column(col)
     for r in rows_out:
         rate = f"{r['GBps']:.0f} GB/s" if "GBps" in r else f"{r['TFLOPs']:.1f} TFLOP/s"
@@ -238,5 +266,6 @@ def bench(op, shape, tokens, topk, routing, backend, runs, seed, csv_path, as_js
             f"{r['p10_us']:.1f}-{r['p90_us']:.1f}",
             rate,
             f"{frac:.0%}",
+            "" if r.get("compile_s") is None else f"{r['compile_s']:.2f}",
         )
     con.print(t)

@@ -29,6 +29,27 @@ def backend_status() -> list[dict]:
     return rows
 
 
+def cutedsl_kernels() -> list[dict]:
+    """The cutedsl backend's kernels, the archs each targets, and what this machine can do with each:
+    run it (its GPU is here), compile it (the DSL is installed; the PTX is checked in CI), or neither."""
+    from fp4check.environment import has_module
+
+    if not has_module("cutlass"):
+        return []
+    from fp4check.kernels.cutedsl.runtime import gpu_arch, kernels
+
+    here = gpu_arch()
+    return [
+        {
+            "kernel": k.name,
+            "archs": list(k.archs),
+            "here": "runs" if here in k.archs else "compiles only",
+            "instructions": sorted({i for arch in k.archs for i in k.expect.get(arch, ())}),
+        }
+        for k in kernels().values()
+    ]
+
+
 @click.command()
 @json_option
 def doctor(as_json: bool) -> None:
@@ -36,7 +57,7 @@ def doctor(as_json: bool) -> None:
     versions, GPU name and compute capability, and for each backend whether it can run here and why not."""
     from fp4check.environment import gpus, versions
 
-    data = {"versions": versions(), "gpus": gpus(), "backends": backend_status()}
+    data = {"versions": versions(), "gpus": gpus(), "backends": backend_status(), "cutedsl_kernels": cutedsl_kernels()}
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -55,3 +76,11 @@ def doctor(as_json: bool) -> None:
     for r in data["backends"]:
         bt.add_row(r["backend"], styled("ok" if r["available"] else "missing"), r["needs"], r["reason"])
     con.print(bt)
+    if data["cutedsl_kernels"]:
+        kt = Table(title="cutedsl kernels", title_justify="left")
+        for col in ("kernel", "archs", "here", "checked in its PTX"):
+            kt.add_column(col)
+        for r in data["cutedsl_kernels"]:
+            status = styled("ok") if r["here"] == "runs" else "compiles only"
+            kt.add_row(r["kernel"], ", ".join(r["archs"]), status, "; ".join(r["instructions"]))
+        con.print(kt)

@@ -15,9 +15,8 @@ import torch
 
 from fp4check.kernels.contract import GroupedNVFP4, MoEOutput, MoEWeights, NVFP4Activation, RoutePlan
 from fp4check.kernels.emulated import EmulatedBackend
-from fp4check.kernels.emulated import moe as emu
 from fp4check.kernels.emulated.shared import shared_expert as _shared_expert
-from fp4check.kernels.placement import to_device
+from fp4check.kernels.placement import moe_forward_on_gpu
 from fp4check.kernels.registry import Needs
 from fp4check.references.nvfp4 import EncodeScale
 
@@ -64,12 +63,4 @@ class TritonBackend(EmulatedBackend):
     def moe_forward(
         cls, x: torch.Tensor, w: MoEWeights, token_ids: torch.Tensor, plan: RoutePlan | None = None
     ) -> MoEOutput:
-        home = x.device
-        if home.type != "cuda":
-            x, w, token_ids, plan = to_device((x, w, token_ids, plan), "cuda")
-        if plan is None:
-            ids, weights = emu.router(x, w, token_ids)
-            rows = emu.static_rows(ids.shape[0], ids.shape[1], w.n_local)
-            plan = emu.plan_routes(ids, weights, w.expert_start, w.n_local, max_rows=rows)
-        out = emu.moe_forward(x, w, token_ids, plan, ops=cls)
-        return out if home.type == "cuda" else to_device(out, home)
+        return moe_forward_on_gpu(cls, x, w, token_ids, plan)

@@ -1,6 +1,8 @@
-"""The `triton` backend on a GPU: the quantizer code for code against the exact codec (ties included),
-the grouped GEMM against the emulated pipeline, the checks end to end, CUDA-graph replay. Skipped
-cleanly, with the reason, where there is no CUDA GPU or no Triton (CI)."""
+"""The GPU backends (`triton`, `cutedsl`) on a GPU: the quantizer code for code against the exact codec
+(ties included), the grouped GEMM against the emulated pipeline, the checks end to end, CUDA-graph
+replay. Each backend's tests are skipped cleanly, with the reason, where its needs are not met (CI: no
+GPU). On an SM100 GPU the cutedsl backend runs its SM100 kernels (hardware e2m1, tcgen05 GEMM) through
+the same tests."""
 
 import pytest
 import torch
@@ -8,8 +10,16 @@ from conftest import run_cli
 
 from fp4check.kernels.registry import load_backend
 
-BACKEND = load_backend("triton")
-pytestmark = pytest.mark.skipif(BACKEND.needs.unmet() is not None, reason=f"triton backend: {BACKEND.needs.unmet()}")
+GPU_BACKENDS = ("triton", "cutedsl")
+
+
+@pytest.fixture(params=GPU_BACKENDS)
+def backend(request):
+    be = load_backend(request.param)
+    unmet = be.needs.unmet()
+    if unmet:
+        pytest.skip(f"{request.param} backend: {unmet}")
+    return be
 
 
 def _adversarial(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
@@ -29,19 +39,19 @@ def _adversarial(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("rows", [8, 200, 384])
-def test_quantize_is_code_for_code_the_exact_codec(rows):
+def test_quantize_is_code_for_code_the_exact_codec(backend, rows):
     from fp4check.kernels.emulated.moe import quantize_activation
     from fp4check.references.nvfp4 import global_encode_scale
 
     x = _adversarial(rows, 1024)
     g = global_encode_scale(x.float().nan_to_num(posinf=0).abs().amax())
     want = quantize_activation(x, g)
-    got = BACKEND.nvfp4_quantize(x, g)
+    got = backend.nvfp4_quantize(x, g)
     assert torch.equal(got.scales.view(torch.uint8), want.scales.view(torch.uint8))
     assert torch.equal(got.packed, want.packed)
 
 
-def test_quantize_rounds_exact_ties_half_to_even():
+def test_quantize_rounds_exact_ties_half_to_even(backend):
     """Global scale 1 and a block of amax 6: block scale 1.0 exactly, so every midpoint is an exact tie."""
     from fp4check.kernels.emulated.moe import quantize_activation
     from fp4check.references.nvfp4 import EncodeScale, nvfp4_quantize, rounding_ties
@@ -50,7 +60,7 @@ def test_quantize_rounds_exact_ties_half_to_even():
     x = torch.cat([mids, -mids]).repeat(8, 4).to(torch.bfloat16)  # [8, 64]
     g = EncodeScale(torch.tensor(1.0))
     assert rounding_ties(x.float(), nvfp4_quantize(x.float(), g).scales, g)[:, :7].all()
-    got, want = BACKEND.nvfp4_quantize(x, g), quantize_activation(x, g)
+    got, want = backend.nvfp4_quantize(x, g), quantize_activation(x, g)
     assert torch.equal(got.packed, want.packed)
     assert torch.equal(got.scales.view(torch.uint8), want.scales.view(torch.uint8))
 
@@ -83,20 +93,20 @@ def _moe_operands(experts: int, n: int, k: int, counts: list[int], groups: int, 
 
 
 @pytest.mark.parametrize("groups", [1, 2])
-def test_grouped_gemm_conforms_to_the_emulated_pipeline(groups):
+def test_grouped_gemm_conforms_to_the_emulated_pipeline(backend, groups):
     from fp4check.kernels.emulated.moe import grouped_gemm_nvfp4
     from fp4check.metrics import compare
 
     a, b, offsets = _moe_operands(6, 256, 512, [130, 0, 5, 128, 300, 1], groups)
     want = grouped_gemm_nvfp4(a, b, offsets)
-    got = BACKEND.grouped_gemm_nvfp4(a, b, offsets)
+    got = backend.grouped_gemm_nvfp4(a, b, offsets)
     m = compare(got.float(), want.float())
     assert m["cosine"] > 0.99999 and m["nan_out"] == 0
     # accumulation-order noise only: within a couple of bf16 ulps of the emulated result
     assert torch.allclose(got.float(), want.float(), rtol=2**-6, atol=1e-3)
 
 
-def test_grouped_gemm_writes_zeros_past_the_last_expert():
+def test_grouped_gemm_writes_zeros_past_the_last_expert(backend):
     """A plan sized before routing has rows past offsets[-1]: their tiles skip the K loop and write 0."""
     from fp4check.kernels.contract import NVFP4Activation
     from fp4check.kernels.emulated.moe import grouped_gemm_nvfp4
@@ -108,13 +118,13 @@ def test_grouped_gemm_writes_zeros_past_the_last_expert():
     lin = unswizzle_128x4(a.scales, a.rows, a.cols // 16).view(torch.uint8)
     lin = torch.cat([lin, torch.full((extra, lin.shape[1]), 0x38, dtype=torch.uint8)])  # non-zero garbage rows
     big = NVFP4Activation(packed, swizzle_128x4(lin.view(torch.float8_e4m3fn)), a.global_scale, a.rows + extra, a.cols)
-    got = BACKEND.grouped_gemm_nvfp4(big, b, offsets)
+    got = backend.grouped_gemm_nvfp4(big, b, offsets)
     assert got.shape[0] == a.rows + extra and not got[a.rows :].any()
     want = grouped_gemm_nvfp4(a, b, offsets)
     assert torch.allclose(got[: a.rows].float(), want.float(), rtol=2**-6, atol=1e-3)
 
 
-def test_moe_forward_on_the_gpu_matches_the_emulated_block(tiny_modelopt):
+def test_moe_forward_on_the_gpu_matches_the_emulated_block(backend, tiny_modelopt):
     """The whole block on the GPU (routing, a static plan, the kernels, the shared expert) against the
     emulated block on the CPU."""
     from fp4check.checkpoint import Checkpoint
@@ -124,31 +134,44 @@ def test_moe_forward_on_the_gpu_matches_the_emulated_block(tiny_modelopt):
 
     truth = prepare(Checkpoint(tiny_modelopt), MoECheck("t", ("out",), 1, "natural", 256, 0))
     want = emu.moe_forward(truth.x, truth.weights, truth.token_ids)
-    got = BACKEND.moe_forward(truth.x, truth.weights, truth.token_ids)
+    got = backend.moe_forward(truth.x, truth.weights, truth.token_ids)
     assert got.out.device.type == "cpu" and got.stages["plan"].rows > want.stages["plan"].rows  # static plan
     m = compare(got.out.float(), want.out.float())
     assert m["cosine"] > 0.9999 and m["nan_out"] == 0
 
 
-def test_graph_check_captures_the_triton_moe_forward(tiny_modelopt):
+def test_graph_check_captures_the_moe_forward(backend, tiny_modelopt):
     import json
 
-    r = run_cli("graph", "--backend", "triton", "--checkpoint", str(tiny_modelopt), "--json")
+    r = run_cli("graph", "--backend", backend.name, "--checkpoint", str(tiny_modelopt), "--json")
     res = {x["op"]: x for x in json.loads(r.stdout)}
     assert res["moe_forward"]["status"] == "pass", res["moe_forward"]["reason"]
     assert r.exit_code == 0, r.stdout
 
 
-def test_kernel_checks_pass_on_the_triton_backend(tiny_modelopt):
-    r = run_cli("kernel", "quant", "l1", "l2", "--backend", "triton", "--checkpoint", str(tiny_modelopt))
+def test_kernel_checks_pass_on_the_backend(backend, tiny_modelopt):
+    r = run_cli("kernel", "quant", "l1", "l2", "--backend", backend.name, "--checkpoint", str(tiny_modelopt))
     assert r.exit_code == 0, r.stdout[-3000:] + r.stderr
-    r = run_cli("layer", "--type", "C4A", "--only", "moe", "--backend", "triton", "--checkpoint", str(tiny_modelopt))
+    r = run_cli(
+        "layer", "--type", "C4A", "--only", "moe", "--backend", backend.name, "--checkpoint", str(tiny_modelopt)
+    )
     assert r.exit_code == 0, r.stdout[-3000:] + r.stderr
 
 
-def test_triton_ops_replay_in_a_cuda_graph():
-    from fp4check.kernels.triton.grouped_gemm import grouped_gemm
-    from fp4check.kernels.triton.nvfp4_quant import nvfp4_quantize
+@pytest.mark.parametrize("name", GPU_BACKENDS)
+def test_raw_kernels_replay_in_a_cuda_graph(name):
+    """The kernels themselves (GPU tensors in, no contract wrapper) captured and replayed."""
+    be = load_backend(name)
+    if be.needs.unmet():
+        pytest.skip(f"{name} backend: {be.needs.unmet()}")
+    import importlib
+
+    if name == "triton":
+        grouped_gemm = importlib.import_module("fp4check.kernels.triton.grouped_gemm").grouped_gemm
+        nvfp4_quantize = importlib.import_module("fp4check.kernels.triton.nvfp4_quant").nvfp4_quantize
+    else:
+        mod = importlib.import_module("fp4check.kernels.cutedsl")
+        grouped_gemm, nvfp4_quantize = mod.grouped_gemm, mod.nvfp4_quantize
 
     a, b, offsets = _moe_operands(4, 256, 512, [128, 64, 0, 200], 2)
     x = torch.randn(a.rows, 512, device="cuda").to(torch.bfloat16)
@@ -161,6 +184,7 @@ def test_triton_ops_replay_in_a_cuda_graph():
         return grouped_gemm(p, s, dec, bp, bs, bg, off)
 
     eager = step()  # compiles outside the capture
+    torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         static = step()
@@ -170,3 +194,39 @@ def test_triton_ops_replay_in_a_cuda_graph():
         torch.cuda.synchronize()
         assert torch.equal(static, step())
     assert not torch.equal(static, eager)
+
+
+def test_a_cutedsl_kernel_on_the_default_stream_fails_the_graph_check(tiny_modelopt):
+    """The seed bug: a DSL kernel launched on the default stream is not in the captured graph."""
+    import json
+
+    be = load_backend("cutedsl")
+    if be.needs.unmet():
+        pytest.skip(f"cutedsl backend: {be.needs.unmet()}")
+    r = run_cli(
+        "graph", "--backend", "tests/support_backends.py:DefaultStreamCuteDSL",
+        "--checkpoint", str(tiny_modelopt), "--json",
+    )  # fmt: skip
+    res = {x["op"]: x for x in json.loads(r.stdout)}
+    assert res["moe_forward"]["status"] == "fail"
+    assert r.exit_code == 1
+
+
+def test_cutedsl_compiles_once_and_not_during_capture():
+    be = load_backend("cutedsl")
+    if be.needs.unmet():
+        pytest.skip(f"cutedsl backend: {be.needs.unmet()}")
+    from fp4check.errors import InputError
+    from fp4check.kernels.cutedsl import runtime
+
+    seconds = runtime.warm()
+    assert seconds and all(s >= 0 for s in seconds.values())
+    kernel = next(iter(runtime.kernels().values()))
+    arch = runtime.gpu_arch()
+    if arch in kernel.archs:
+        assert runtime.compile_kernel(kernel, arch) is runtime.compile_kernel(kernel, arch)
+    fresh = runtime.Kernel("probe", kernel.module, kernel.entry, kernel.pointers, kernel.ints, ("probe",))
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(InputError, match="during CUDA-graph capture"):
+        with torch.cuda.graph(graph):
+            runtime.compile_kernel(fresh, arch)
