@@ -230,3 +230,48 @@ def test_cutedsl_compiles_once_and_not_during_capture():
     with pytest.raises(InputError, match="during CUDA-graph capture"):
         with torch.cuda.graph(graph):
             runtime.compile_kernel(fresh, arch)
+
+
+def _sm100() -> str | None:
+    """Why the SM100 kernels cannot run numerically here, or None."""
+    be = load_backend("cutedsl")
+    if be.needs.unmet():
+        return f"cutedsl backend: {be.needs.unmet()}"
+    if torch.cuda.get_device_capability()[0] != 10:
+        return f"needs an SM100 GPU (B200); this is compute capability {torch.cuda.get_device_capability()}"
+    return None
+
+
+def test_sm100_block_scaled_grouped_gemm_conforms_to_the_emulated_pipeline():
+    """The tcgen05 kernel itself (K a multiple of 256, column groups of 128): its numeric check."""
+    if _sm100():
+        pytest.skip(_sm100())
+    from fp4check.kernels.cutedsl import grouped_gemm
+    from fp4check.kernels.emulated.moe import grouped_gemm_nvfp4
+
+    a, b, offsets = _moe_operands(5, 256, 512, [130, 0, 5, 300, 1], 2)
+    got = grouped_gemm(
+        a.packed.cuda(),
+        a.scales.view(torch.uint8).cuda(),
+        a.global_scale.to_decode().value.cuda(),
+        b.packed.cuda(),
+        b.scales.view(torch.uint8).cuda(),
+        b.global_scale.value.cuda(),
+        offsets.cuda(),
+    )
+    want = grouped_gemm_nvfp4(a, b, offsets)
+    assert torch.allclose(got.cpu().float(), want.float(), rtol=2**-6, atol=1e-3)
+
+
+def test_sm100_hardware_e2m1_quantizer_is_code_for_code_the_exact_codec():
+    if _sm100():
+        pytest.skip(_sm100())
+    from fp4check.kernels.cutedsl import nvfp4_quantize
+    from fp4check.kernels.emulated.moe import quantize_activation
+    from fp4check.references.nvfp4 import global_encode_scale
+
+    x = _adversarial(256, 1024)
+    g = global_encode_scale(x.float().nan_to_num(posinf=0).abs().amax())
+    packed, scales = nvfp4_quantize(x.cuda(), g.value.reshape(1).cuda())
+    want = quantize_activation(x, g)
+    assert torch.equal(packed.cpu(), want.packed) and torch.equal(scales.cpu(), want.scales.view(torch.uint8))
