@@ -22,20 +22,3 @@ def to_device(obj, device: torch.device | str):
             object.__setattr__(new, f, to_device(getattr(obj, f), device))  # frozen scales too
         return new
     return obj
-
-
-def moe_forward_on_gpu(ops, x: torch.Tensor, w, token_ids: torch.Tensor, plan=None):
-    """The whole MoE block on the GPU with `ops`' kernels and no host sync (routing, a row plan sized
-    before routing, the grouped GEMMs, SwiGLU, combine, the shared expert), so a runtime can capture it
-    in a CUDA graph; results come back to the device x came from."""
-    from fp4check.kernels.emulated import moe as emu
-
-    home = x.device
-    if home.type != "cuda":
-        x, w, token_ids, plan = to_device((x, w, token_ids, plan), "cuda")
-    if plan is None:
-        ids, weights = emu.router(x, w, token_ids)
-        rows = emu.static_rows(ids.shape[0], ids.shape[1], w.n_local)
-        plan = emu.plan_routes(ids, weights, w.expert_start, w.n_local, max_rows=rows)
-    out = emu.moe_forward(x, w, token_ids, plan, ops=ops)
-    return out if home.type == "cuda" else to_device(out, home)

@@ -16,20 +16,12 @@ from __future__ import annotations
 
 import torch
 
-from fp4check.kernels.contract import GroupedNVFP4, MoEOutput, MoEWeights, NVFP4Activation, RoutePlan
-from fp4check.kernels.emulated import EmulatedBackend
-from fp4check.kernels.emulated.shared import shared_expert as _shared_expert
-from fp4check.kernels.placement import moe_forward_on_gpu
+from fp4check.kernels.gpu_backend import GpuKernelBackend
 from fp4check.kernels.registry import Needs
-from fp4check.references.nvfp4 import EncodeScale
 from fp4check.references.swizzle import swizzle_128x4, swizzled_shape
 
 SM100_ARCHS = ("sm_100a", "sm_103a")
 CHUNK_BYTES = 1 << 30  # bf16 weights decoded at a time on SM90
-
-
-def _cuda(t: torch.Tensor) -> torch.Tensor:
-    return t.to("cuda", non_blocking=True)
 
 
 def _arch() -> str:
@@ -141,7 +133,7 @@ def chunk_tiles(tiles: torch.Tensor, e0: int, e1: int, n_exp: int) -> torch.Tens
     return local.contiguous()
 
 
-class CuteDSLBackend(EmulatedBackend):
+class CuteDSLBackend(GpuKernelBackend):
     name = "cutedsl"
     needs = Needs(gpu=True, min_capability=(9, 0), modules=("cutlass",), packages=("nvidia-cutlass-dsl",))
 
@@ -151,34 +143,9 @@ class CuteDSLBackend(EmulatedBackend):
         return None
 
     @classmethod
-    def nvfp4_quantize(cls, x: torch.Tensor, global_scale: EncodeScale) -> NVFP4Activation:
-        enc = global_scale.to_encode()
-        packed, scales = nvfp4_quantize(_cuda(x.to(torch.bfloat16)), _cuda(enc.value), cls._stream())
-        device = x.device
-        return NVFP4Activation(
-            packed.to(device), scales.to(device).view(torch.float8_e4m3fn), enc, x.shape[0], x.shape[1]
-        )
+    def quantize_kernel(cls, x: torch.Tensor, encode: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return nvfp4_quantize(x, encode, cls._stream())
 
     @classmethod
-    def grouped_gemm_nvfp4(cls, a: NVFP4Activation, b: GroupedNVFP4, offsets: torch.Tensor) -> torch.Tensor:
-        out = grouped_gemm(
-            _cuda(a.packed),
-            _cuda(a.scales.view(torch.uint8)),
-            _cuda(a.global_scale.to_decode().value),
-            _cuda(b.packed),
-            _cuda(b.scales.view(torch.uint8)),
-            _cuda(b.global_scale.value),
-            _cuda(offsets),
-            cls._stream(),
-        )
-        return out.to(a.packed.device)
-
-    @classmethod
-    def shared_expert(cls, x: torch.Tensor, w: MoEWeights) -> torch.Tensor:
-        return _shared_expert(x, w, ops=cls)
-
-    @classmethod
-    def moe_forward(
-        cls, x: torch.Tensor, w: MoEWeights, token_ids: torch.Tensor, plan: RoutePlan | None = None
-    ) -> MoEOutput:
-        return moe_forward_on_gpu(cls, x, w, token_ids, plan)
+    def gemm_kernel(cls, *args: torch.Tensor) -> torch.Tensor:
+        return grouped_gemm(*args, stream=cls._stream())

@@ -13,54 +13,22 @@ from __future__ import annotations
 
 import torch
 
-from fp4check.kernels.contract import GroupedNVFP4, MoEOutput, MoEWeights, NVFP4Activation, RoutePlan
-from fp4check.kernels.emulated import EmulatedBackend
-from fp4check.kernels.emulated.shared import shared_expert as _shared_expert
-from fp4check.kernels.placement import moe_forward_on_gpu
+from fp4check.kernels.gpu_backend import GpuKernelBackend
 from fp4check.kernels.registry import Needs
-from fp4check.references.nvfp4 import EncodeScale
 
 
-def _cuda(t: torch.Tensor) -> torch.Tensor:
-    return t.to("cuda", non_blocking=True)
-
-
-class TritonBackend(EmulatedBackend):
+class TritonBackend(GpuKernelBackend):
     name = "triton"
     needs = Needs(gpu=True, min_capability=(8, 9), modules=("triton",), packages=("triton",))
 
-    @staticmethod
-    def nvfp4_quantize(x: torch.Tensor, global_scale: EncodeScale) -> NVFP4Activation:
+    @classmethod
+    def quantize_kernel(cls, x: torch.Tensor, encode: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         from fp4check.kernels.triton.nvfp4_quant import nvfp4_quantize
 
-        enc = global_scale.to_encode()
-        packed, scales = nvfp4_quantize(_cuda(x.to(torch.bfloat16)), _cuda(enc.value))
-        device = x.device
-        return NVFP4Activation(
-            packed.to(device), scales.to(device).view(torch.float8_e4m3fn), enc, x.shape[0], x.shape[1]
-        )
+        return nvfp4_quantize(x, encode)
 
-    @staticmethod
-    def grouped_gemm_nvfp4(a: NVFP4Activation, b: GroupedNVFP4, offsets: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    def gemm_kernel(cls, *args: torch.Tensor) -> torch.Tensor:
         from fp4check.kernels.triton.grouped_gemm import grouped_gemm
 
-        out = grouped_gemm(
-            _cuda(a.packed),
-            _cuda(a.scales.view(torch.uint8)),
-            _cuda(a.global_scale.to_decode().value),
-            _cuda(b.packed),
-            _cuda(b.scales.view(torch.uint8)),
-            _cuda(b.global_scale.value),
-            _cuda(offsets),
-        )
-        return out.to(a.packed.device)
-
-    @classmethod
-    def shared_expert(cls, x: torch.Tensor, w: MoEWeights) -> torch.Tensor:
-        return _shared_expert(x, w, ops=cls)
-
-    @classmethod
-    def moe_forward(
-        cls, x: torch.Tensor, w: MoEWeights, token_ids: torch.Tensor, plan: RoutePlan | None = None
-    ) -> MoEOutput:
-        return moe_forward_on_gpu(cls, x, w, token_ids, plan)
+        return grouped_gemm(*args)
