@@ -15,6 +15,9 @@ Fine ops (the MoE pipeline of a CUTLASS/CuTeDSL NVFP4 runner):
       rows offsets[e]..offsets[e+1] of `a` times expert e's weight; fp32 accumulation; epilogue
       alpha = a.global_scale decode x b.global_scale[e, group] (w1 and w3 halves of w13 may differ).
   swiglu_clamp(gate_up bf16 [P, 2I], limit float | None) -> bf16 [P, I]   silu(min(g, L)) * clamp(u, -L, L)
+  swiglu_quantize(gate_up, limit, global_scale: EncodeScale) -> (act bf16 [P, I], NVFP4Activation)
+      optional, a fused SwiGLU + L2 requantization: the pipeline calls it in place of swiglu_clamp then
+      nvfp4_quantize where a backend has it (its act and quant_l2 stages are compared as those ops' are).
   moe_scatter(rows bf16 [P, D], plan: RoutePlan) -> fp32 [T, D]      sum over slots of weight * rows[row_of]
   shared_expert(x bf16 [T, D], w: MoEWeights) -> bf16 [T, D]
 

@@ -39,7 +39,7 @@ def encode_kv(kv: torch.Tensor) -> torch.Tensor:
     n = kv.shape[0]
     q, scales = act_quant_fp8(kv[:, :NOPE_DIM], TILE)
     rope = kv[:, NOPE_DIM:].contiguous().view(torch.uint8)  # [N, 128], little-endian bf16
-    pad = torch.zeros(n, 1, dtype=torch.uint8)
+    pad = torch.zeros(n, 1, dtype=torch.uint8, device=kv.device)
     return torch.cat([q.view(torch.uint8), rope, scales.view(torch.uint8), pad], dim=1)
 
 

@@ -275,3 +275,89 @@ def test_sm100_hardware_e2m1_quantizer_is_code_for_code_the_exact_codec():
     packed, scales = nvfp4_quantize(x.cuda(), g.value.reshape(1).cuda())
     want = quantize_activation(x, g)
     assert torch.equal(packed.cpu(), want.packed) and torch.equal(scales.cpu(), want.scales.view(torch.uint8))
+
+
+def test_quantize_every_bf16_magnitude(backend):
+    """Every bf16 magnitude below 7 (4 divided by 6 rounds every magnitude's neighbourhood), each block
+    closed by 6.0, under global scales that make the block scale exact or not: code for code."""
+    from fp4check.kernels.emulated.moe import quantize_activation
+    from fp4check.references.nvfp4 import EncodeScale
+
+    vals = torch.arange(0, 0x40E0, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    vals = vals[: vals.numel() // 15 * 15].reshape(-1, 15)
+    x = torch.cat([vals, torch.full((vals.shape[0], 1), 6.0, dtype=torch.bfloat16)], 1)
+    x = torch.cat([x, -x])[: x.shape[0] * 2 // 8 * 8].reshape(-1, 128)
+    for g in (1.0, 3.0, 0.7, 1.3, 74.6741, 1e-3, 2688 / 7.0):
+        want = quantize_activation(x, EncodeScale(torch.tensor(g)))
+        got = backend.nvfp4_quantize(x, EncodeScale(torch.tensor(g)))
+        assert torch.equal(got.scales.view(torch.uint8), want.scales.view(torch.uint8)), g
+        assert torch.equal(got.packed, want.packed), g
+
+
+@pytest.fixture
+def triton_backend():
+    be = load_backend("triton")
+    if be.needs.unmet():
+        pytest.skip(f"triton backend: {be.needs.unmet()}")
+    return be
+
+
+def test_grouped_gemm_ptx_decode_equals_the_plain_op_decode(triton_backend):
+    """The inline-PTX weight decode (bf16 bits from shifts, one bf16x2 multiply) against the same kernel
+    decoding with plain Triton ops: the same bf16 values into the same MMAs, so the same bits out."""
+    from fp4check.kernels.triton.grouped_gemm import grouped_gemm
+
+    a, b, offsets = _moe_operands(5, 384, 1024, [130, 0, 5, 200, 64], 2, seed=3)
+    args = [
+        t.cuda()
+        for t in (a.packed, a.scales.view(torch.uint8), a.global_scale.to_decode().value, b.packed,
+                  b.scales.view(torch.uint8), b.global_scale.value, offsets)
+    ]  # fmt: skip
+    fast, plain = grouped_gemm(*args), grouped_gemm(*args, decode_asm=False)
+    assert fast.abs().amax() > 0 and not fast.isnan().any()
+    assert torch.equal(fast, plain)
+
+
+@pytest.mark.parametrize("limit", [None, 7.0])
+def test_fused_swiglu_quantize(triton_backend, limit):
+    """act within one bf16 ulp of torch's clamped SwiGLU on the same GPU (and mostly equal), NaN where torch
+    has NaN; its quantization code for code the exact codec of that act."""
+    from fp4check.kernels.emulated.moe import quantize_activation, swiglu_clamp
+    from fp4check.references.nvfp4 import EncodeScale
+
+    g = torch.Generator().manual_seed(1)
+    gu = (torch.randn(300, 2 * 512, generator=g) * 4).to(torch.bfloat16)
+    gu[3, 5] = float("nan")
+    gu[7, 600] = float("inf")
+    want = swiglu_clamp(gu.cuda(), limit).cpu()
+    act, quant = triton_backend.swiglu_quantize(gu, limit, EncodeScale(torch.tensor(37.5)))
+    assert torch.equal(act.isnan(), want.isnan()) and act.isnan().any()
+    fin = ~want.isnan()
+    ulps = (act.view(torch.int16).int() - want.view(torch.int16).int()).abs()[fin]
+    assert ulps.max() <= 1 and (ulps > 0).float().mean() < 0.01
+    codec = quantize_activation(act, EncodeScale(torch.tensor(37.5)))
+    assert torch.equal(quant.packed, codec.packed)
+    assert torch.equal(quant.scales.view(torch.uint8), codec.scales.view(torch.uint8))
+    assert torch.equal(triton_backend.swiglu_clamp(gu, limit).view(torch.int16), act.view(torch.int16))
+
+
+@pytest.mark.parametrize("where", ["cuda", "cpu"])
+def test_fp8_kv_write_is_byte_for_byte_the_codec(triton_backend, where):
+    """Pages poisoned, a shuffled block table, NaN/Inf/zero/tiny/huge tiles: every byte as the codec writes
+    it, and bytes of slots not written untouched."""
+    from fp4check.kernels.emulated import kv_cache as kvc
+
+    g = torch.Generator().manual_seed(0)
+    n, block = 70, 16
+    kv = (torch.randn(n, 512, generator=g) * torch.exp(3 * torch.randn(n, 1, generator=g))).to(torch.bfloat16)
+    kv[0, 5], kv[1, 100], kv[5, 200] = float("nan"), float("inf"), -float("inf")
+    kv[2, :64], kv[3, 64:128], kv[4, 128:192] = 0.0, 1e-6, 448 * 2.0**3
+    kv[6] *= 1e-30
+    kv[7, :448] = 3e38
+    pool = kvc.PagePool(8, block, seed=1)
+    slots = torch.randperm(8 * block, generator=g)[:n]
+    want = pool.pages.clone()
+    kvc.kv_cache_write(want, block, slots, kv)
+    got = pool.pages.clone().to(where)
+    triton_backend.kv_cache_write(got, block, slots.to(where), kv.to(where))
+    assert torch.equal(got.cpu(), want)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from fp4check.options import json_option, seed_option
 
 # Pro MoE shapes: 384 experts, hidden 7168, intermediate 3072 (L1 = w1|w3 -> 6144), top-6, 4096 tokens
 PRO = {"l1": (384, 6144, 7168), "l2": (384, 7168, 3072)}
-OPS = ("quant", "l1", "l2")
+OPS = ("quant", "l1", "l2", "act", "kv")
 
 
 def _counts(tokens: int, topk: int, experts: int, routing: str, gen) -> list[int]:
@@ -43,6 +44,37 @@ def _kernels(backend: str):
     from fp4check.kernels.cutedsl import grouped_gemm, nvfp4_quantize
 
     return nvfp4_quantize, grouped_gemm
+
+
+# every column any op writes, in one order, so that rows of different ops appended to one file line up
+CSV_FIELDS = (
+    "op", "variant", "shape", "median_us", "p10_us", "p90_us", "runs", "GBps", "of_copy_bw", "TFLOPs",
+    "of_matmul", "copy_GBps", "matmul_TFLOPs", "compile_s", "config", "gpu", "versions", "command",
+)  # fmt: skip
+
+
+def _append_csv(path: Path, rows: list[dict]) -> None:
+    from fp4check.errors import InputError
+
+    if path.exists():
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+        if tuple(header) != CSV_FIELDS:
+            raise InputError(f"{path} has other columns (another fp4check version wrote it): pass a new --csv file")
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        if f.tell() == 0:
+            w.writeheader()
+        w.writerows(rows)
+
+
+def _tuned(backend: str | None) -> str:
+    """The triton GEMM's autotuned tile, for the CSV (other variants have none)."""
+    if backend != "triton":
+        return ""
+    from fp4check.kernels.triton.grouped_gemm import tuned_config
+
+    return tuned_config()
 
 
 def _compile_s(backend: str) -> float | None:
@@ -119,9 +151,68 @@ def _torch_grouped(a_bf16, w_bf16, offsets):
     return out
 
 
+def _bandwidth_rows(op: str, shape: str | None, seed: int, runs: int, bw: float, common: dict) -> list[dict]:
+    """The fused SwiGLU + L2 requantization (act: P x 2I) and the FP8 KV write (kv: N tokens), against the
+    unfused or torch path a user would otherwise run, as bandwidth."""
+    import torch
+
+    from fp4check.gpu_bench import time_op
+
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    enc = torch.tensor([50.0], device="cuda")
+    if op == "act":
+        from fp4check.kernels.emulated.moe import swiglu_clamp
+        from fp4check.kernels.triton.nvfp4_quant import nvfp4_quantize
+        from fp4check.kernels.triton.swiglu_quant import swiglu_quantize
+
+        p, two_i = (int(v) for v in (shape or "24576x6144").lower().split("x"))
+        ins = [(torch.randn(p, two_i, device="cuda", generator=g).to(torch.bfloat16) * 3,) for _ in range(3)]
+        moved = p * two_i * 2 + p * two_i // 2 * 2 + p * two_i // 4 + p * two_i // 32
+        shape_s = f"{p}x{two_i}"
+        variants = [
+            ("triton fused swiglu + nvfp4", lambda x: swiglu_quantize(x, 10.0, enc), False),
+            ("triton fused swiglu + nvfp4 graph", lambda x: swiglu_quantize(x, 10.0, enc), True),
+            (
+                "torch swiglu, then triton nvfp4 (alternative)",
+                lambda x: nvfp4_quantize(swiglu_clamp(x, 10.0), enc),
+                False,
+            ),
+        ]
+    else:
+        from fp4check.kernels.emulated.kv_cache import kv_cache_write as torch_write
+        from fp4check.kernels.triton.kv_write import kv_cache_write
+        from fp4check.references.kv_layout import TOKEN_BYTES, page_bytes
+
+        n = int(shape or 65536)
+        block = 64
+        pages = torch.full((n // block, page_bytes(block)), 0xFF, dtype=torch.uint8, device="cuda")
+        slots = torch.randperm(n, device="cuda", generator=g)
+        ins = [(torch.randn(n, 512, device="cuda", generator=g).to(torch.bfloat16),) for _ in range(3)]
+        moved = n * (512 * 2 + TOKEN_BYTES)
+        shape_s = f"{n} tokens, block {block}"
+        variants = [
+            ("triton fp8 kv write", lambda kv: kv_cache_write(pages, block, slots, kv), False),
+            ("triton fp8 kv write graph", lambda kv: kv_cache_write(pages, block, slots, kv), True),
+            ("torch codec + index write (alternative)", lambda kv: torch_write(pages, block, slots, kv), False),
+        ]
+    rows = []
+    for label, fn, graph in variants:
+        t = time_op(fn, ins, runs, graph=graph)
+        gbps = moved / (t.median_us * 1e-6) / 1e9
+        rows.append(
+            {**common, "variant": label, "shape": shape_s, **t.as_dict(), "GBps": gbps, "of_copy_bw": gbps * 1e9 / bw}
+        )
+    return rows
+
+
 @click.command()
 @click.argument("op", type=click.Choice(OPS))
-@click.option("--shape", default=None, help="quant: MxK (default 8192x7168); l1/l2: E,N,K (default the Pro MoE).")
+@click.option(
+    "--shape",
+    default=None,
+    help="quant: MxK (default 8192x7168); l1/l2: E,N,K (default the Pro MoE); act: Px2I (default 24576x6144); "
+    "kv: tokens (default 65536).",
+)
 @click.option("--tokens", type=int, default=4096, show_default=True, help="Tokens (l1/l2).")
 @click.option("--topk", type=int, default=6, show_default=True, help="Experts per token (l1/l2).")
 @click.option("--routing", type=click.Choice(["uniform", "skewed"]), default="uniform", show_default=True)
@@ -196,11 +287,18 @@ def bench(op, shape, tokens, topk, routing, backend, runs, seed, csv_path, as_js
                     "compile_s": _compile_s(owner),
                 }
             )
+    elif op in ("act", "kv"):
+        if backend != "triton":
+            raise InputError(f"bench {op} times a triton kernel; use --backend triton")
+        rows_out += _bandwidth_rows(op, shape, seed, runs, bw, common)
     else:
         e, n, k = PRO[op] if shape is None else tuple(int(v) for v in shape.split(","))
         inputs, rows, useful, counts = _gemm_case(op, (e, n, k), tokens, topk, routing, seed, 2, kernels[backend][0])
         shape_s = f"E{e} N{n} K{k} T{tokens} top{topk} {routing} rows{rows}"
         variants = [(f"{b} {mode}", kernels[b][1], mode == "graph", b) for b in timed for mode in ("eager", "graph")]
+        if "triton" in timed:  # what the inline-PTX weight decode buys, same kernel otherwise
+            plain = functools.partial(kernels["triton"][1], decode_asm=False)
+            variants.append(("triton eager, plain-op weight decode", plain, False, "triton"))
         try:
             w16 = _dequant_weights(*inputs[0][3:6])
             acts = [(_dequant_act(ap, asc, dec, rows, k), w16, off) for ap, asc, dec, _, _, _, off in inputs]
@@ -225,6 +323,7 @@ def bench(op, shape, tokens, topk, routing, backend, runs, seed, csv_path, as_js
                     "TFLOPs": tf / 1e12,
                     "of_matmul": tf / flops,
                     "compile_s": _compile_s(owner),
+                    "config": _tuned(owner),
                 }
             )
         if t_w16 is not None:
@@ -240,13 +339,7 @@ def bench(op, shape, tokens, topk, routing, backend, runs, seed, csv_path, as_js
                 }
             )
     if csv_path:
-        new = not Path(csv_path).exists()
-        keys = sorted({key for r in rows_out for key in r})
-        with open(csv_path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            if new:
-                w.writeheader()
-            w.writerows(rows_out)
+        _append_csv(csv_path, rows_out)
     if as_json:
         click.echo(json.dumps(rows_out, default=str))
         return

@@ -26,7 +26,11 @@ def _byte_index(block: int, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     """(page [N, 584], byte [N, 584]) of every byte of each slot's record and scales."""
     page, rec, scl = _record_offsets(block, slots)
     cols = torch.cat(
-        [rec.unsqueeze(1) + torch.arange(RECORD_BYTES), scl.unsqueeze(1) + torch.arange(SCALE_BYTES)], dim=1
+        [
+            rec.unsqueeze(1) + torch.arange(RECORD_BYTES, device=slots.device),
+            scl.unsqueeze(1) + torch.arange(SCALE_BYTES, device=slots.device),
+        ],
+        dim=1,
     )
     return page.unsqueeze(1).expand_as(cols), cols
 

@@ -161,8 +161,11 @@ def moe_routed(x: torch.Tensor, w: MoEWeights, plan: RoutePlan, ops=None) -> dic
     ops = ops or sys.modules[__name__]
     a1 = ops.nvfp4_quantize(gather_rows(x, plan), w.input_scale_l1.to_encode())
     l1 = ops.grouped_gemm_nvfp4(a1, w.w13, plan.offsets)
-    act = ops.swiglu_clamp(l1, w.swiglu_limit)
-    a2 = ops.nvfp4_quantize(act, w.input_scale_l2.to_encode())
+    if hasattr(ops, "swiglu_quantize"):  # a fused SwiGLU + L2 requantization kernel
+        act, a2 = ops.swiglu_quantize(l1, w.swiglu_limit, w.input_scale_l2.to_encode())
+    else:
+        act = ops.swiglu_clamp(l1, w.swiglu_limit)
+        a2 = ops.nvfp4_quantize(act, w.input_scale_l2.to_encode())
     l2 = ops.grouped_gemm_nvfp4(a2, w.w2, plan.offsets)
     combine = ops.moe_scatter(l2, plan)
     return {"quant_l1": a1, "l1": l1, "act": act, "quant_l2": a2, "l2": l2, "combine": combine}

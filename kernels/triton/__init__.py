@@ -1,5 +1,6 @@
-"""The `triton` backend: NVFP4 activation quantization and the grouped NVFP4 GEMM as Triton kernels
-(nvfp4_quant.py, grouped_gemm.py); every other op is the emulated backend's, on the same device.
+"""The `triton` backend: Triton kernels for NVFP4 activation quantization (nvfp4_quant.py), the grouped
+NVFP4 GEMM (grouped_gemm.py), clamped SwiGLU fused with the L2 requantization (swiglu_quant.py) and the
+FP8 KV-cache write (kv_write.py); every other op is the emulated backend's, on the same device.
 
 The harness hands over CPU tensors; these ops move their inputs to the GPU and return tensors on the
 device they got, so they slot into every check. `moe_forward` runs the whole block on the GPU with no
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from fp4check.kernels.gpu_backend import GpuKernelBackend
+from fp4check.kernels.contract import NVFP4Activation
+from fp4check.kernels.gpu_backend import GpuKernelBackend, _cuda
 from fp4check.kernels.registry import Needs
+from fp4check.references.nvfp4 import EncodeScale
 
 
 class TritonBackend(GpuKernelBackend):
@@ -32,3 +35,35 @@ class TritonBackend(GpuKernelBackend):
         from fp4check.kernels.triton.grouped_gemm import grouped_gemm
 
         return grouped_gemm(*args)
+
+    @classmethod
+    def swiglu_clamp(cls, gate_up: torch.Tensor, limit: float | None) -> torch.Tensor:
+        from fp4check.kernels.triton.swiglu_quant import swiglu_quantize
+
+        act, _, _ = swiglu_quantize(_cuda(gate_up), limit, None)
+        return act.to(gate_up.device)
+
+    @classmethod
+    def swiglu_quantize(
+        cls, gate_up: torch.Tensor, limit: float | None, global_scale: EncodeScale
+    ) -> tuple[torch.Tensor, NVFP4Activation]:
+        """The fused kernel: (act bf16 [P, I], act quantized for L2); moe_routed takes it where a backend has it."""
+        from fp4check.kernels.triton.swiglu_quant import swiglu_quantize
+
+        enc = global_scale.to_encode()
+        act, packed, scales = swiglu_quantize(_cuda(gate_up), limit, _cuda(enc.value))
+        d = gate_up.device
+        quant = NVFP4Activation(packed.to(d), scales.to(d).view(torch.float8_e4m3fn), enc, act.shape[0], act.shape[1])
+        return act.to(d), quant
+
+    @staticmethod
+    def kv_cache_write(pages: torch.Tensor, block: int, slots: torch.Tensor, kv: torch.Tensor) -> None:
+        """In place, on the pages' device: the kernel writes GPU pages directly (CPU pages go through a GPU copy)."""
+        from fp4check.kernels.triton.kv_write import kv_cache_write
+
+        if pages.is_cuda:
+            kv_cache_write(pages, block, _cuda(slots), _cuda(kv))
+            return
+        gpu = _cuda(pages)
+        kv_cache_write(gpu, block, _cuda(slots), _cuda(kv))
+        pages.copy_(gpu.cpu())

@@ -1,17 +1,28 @@
 """Grouped NVFP4 GEMM in Triton for GPUs without FP4 tensor cores (SM90; it runs on SM100 too): rows
 sorted by expert and padded to 128 (offsets), e2m1 decoded in the kernel and multiplied by its e4m3
-block scale into bf16 (exact: at most 5 significant bits), bf16 tensor-core MMA with fp32 accumulation,
+block scale into bf16 (exact: at most 6 significant bits), bf16 tensor-core MMA with fp32 accumulation,
 and alpha = S_dec(a) * S_dec(b)[expert, column group] in the epilogue (w1 and w3 halves of w13 may carry
 different global scales). Equal to the emulated backend up to fp32 accumulation order.
 
-A is decoded once to bf16 by a first kernel (its swizzled scales read in the 128x4 layout); B is decoded
-in the GEMM's load path (bf16 bits assembled with integer ops, then its block scale), its scales read in
-the checkpoint's linear [E, N, K/16] layout. Each
-128-row tile belongs to one expert; the tile -> expert map is computed on the GPU (searchsorted), and
-tiles past offsets[-1] (a plan sized before routing) skip their K loop, so the launch needs no host sync
-and can be captured in a CUDA graph. Tile width, warps and stages are autotuned per (N, K). (Decoding
-the two nibbles of a byte as separate tiles against a nibble-split A, with the block scale applied in
-bf16, measured 9% slower on the H200: the join stays.)
+Why it is shaped this way (MoE decode shapes: ~64 rows per expert, so every weight element is decoded
+for few rows and decoding, not the MMA, sets the pace):
+- Two orientations, autotuned with the tile: weights as the MMA's M side ("swap AB": C^T = W A^T), the
+  decoded weight tile feeding the tensor cores from registers, tokens the N side; or tokens as M, the
+  decoded tile staged through shared memory. At the Pro shapes on the H200 the second won with 128
+  tokens x 256 weight columns (fewer re-reads of A per weight byte decoded).
+- The weight decode is about 3 instructions per element: inline PTX turns 4 packed bytes into 8 bf16
+  with a byte permute, shifts and masks (e2m1 bits placed as bf16 subnormal/normal bits, i.e. the value
+  x 2^-126) and one bf16x2 multiply by s_b x 2^118; the 2^-8 left over is given back in the epilogue
+  (powers of two: exact). The values come out as two bf16 tiles, the low nibbles (even K) and the high
+  nibbles (odd K), with no interleave; the GEMM sums over K in any order, so A is stored once split the
+  same way (`_prep_a_kernel`, which decodes A to bf16 for every N tile) and each 128-wide K step is two
+  MMAs of K = 64.
+- 64-row token tiles with no non-zero A scale (the padding of experts with <= 64 rows) skip the K loop,
+  as do tiles past offsets[-1] (a plan sized before routing); both write acc x alpha = 0. The flags come
+  from the A pass, the tile -> expert map from offsets, both on the GPU: no host sync, so the launch can
+  be captured in a CUDA graph.
+`DECODE_ASM=False` decodes with plain Triton ops into the same planes: that path runs in Triton's CPU
+interpreter, which has no inline assembly, and the GPU test holds the two paths bit-equal.
 """
 
 from __future__ import annotations
@@ -19,6 +30,32 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from fp4check.kernels.triton.nvfp4_quant import swizzled_offsets
+
+K_STEP = 128  # the K step; A's nibble-split order repeats every K_STEP
+KC = tl.constexpr(K_STEP)
+TWO_POW_118 = tl.constexpr(2.0**118)  # s_b x 2^118 x (e2m1 x 2^-126) = e2m1 x s_b x 2^-8, a normal bf16 for every code
+EPILOGUE_GAIN = tl.constexpr(256.0)  # gives back the 2^-8
+
+# 4 packed bytes ($4) and their 4 scales ($5, $6: bf16x2) -> bf16x2 registers: low nibbles of bytes
+# (0, 1) and (2, 3), then the high nibbles. Each output element comes from the input byte and scale at its
+# own position, so the result does not depend on how Triton groups a thread's elements into registers.
+# prmt spreads the bytes to u = (b0, b1) and v = (b2, b3) in 16-bit halves; a nibble's 3 magnitude bits
+# go to bf16 bits 6..8, its sign bit to 15.
+_DECODE_PTX = tl.constexpr("""{
+.reg .b32 u, v, m, s;
+prmt.b32 u, $4, 0, 0x4140;
+prmt.b32 v, $4, 0, 0x4342;
+shl.b32 m, u, 6; and.b32 m, m, 0x01C001C0; shl.b32 s, u, 12; and.b32 s, s, 0x80008000; or.b32 m, m, s;
+mul.rn.bf16x2 $0, m, $5;
+shl.b32 m, v, 6; and.b32 m, m, 0x01C001C0; shl.b32 s, v, 12; and.b32 s, s, 0x80008000; or.b32 m, m, s;
+mul.rn.bf16x2 $1, m, $6;
+shl.b32 m, u, 2; and.b32 m, m, 0x01C001C0; shl.b32 s, u, 8; and.b32 s, s, 0x80008000; or.b32 m, m, s;
+mul.rn.bf16x2 $2, m, $5;
+shl.b32 m, v, 2; and.b32 m, m, 0x01C001C0; shl.b32 s, v, 8; and.b32 s, s, 0x80008000; or.b32 m, m, s;
+mul.rn.bf16x2 $3, m, $6;
+}""")
 
 
 @triton.jit
@@ -32,39 +69,55 @@ def _e2m1(code):
 
 
 @triton.jit
-def _unpack(packed):
-    """uint8 [R, C] -> int32 codes [R, 2C] (low nibble first)."""
-    p = packed.to(tl.int32)
-    return tl.reshape(tl.join(p & 15, p >> 4), (packed.shape[0], packed.shape[1] * 2))
+def _per_byte(s, rows: tl.constexpr):
+    """Block scales [rows, KC/16] -> one per packed byte [rows, KC/2] (8 bytes to a block)."""
+    return tl.reshape(tl.broadcast_to(s[:, :, None], (rows, KC // 16, 8)), (rows, KC // 2))
 
 
 @triton.jit
-def _dequant_a_kernel(a_ptr, as_ptr, out_ptr, rows, K, col_tiles, BM: tl.constexpr, BK: tl.constexpr):
-    """A once to bf16 (e2m1 x block scale, no global): every N tile of the GEMM reads it, none decodes it."""
-    r = tl.program_id(0) * BM + tl.arange(0, BM)
-    k0 = tl.program_id(1) * BK
-    a_p = tl.load(a_ptr + r[:, None].to(tl.int64) * (K // 2) + (k0 // 2 + tl.arange(0, BK // 2))[None, :])
-    sc = k0 // 16 + tl.arange(0, BK // 16)
-    off = ((r[:, None] // 128) * col_tiles + sc[None, :] // 4) * 512
-    off += (r[:, None] % 32) * 16 + ((r[:, None] % 128) // 32) * 4 + sc[None, :] % 4
-    a_s = tl.load(as_ptr + off).to(tl.float8e4nv, bitcast=True).to(tl.float32)
-    v = tl.reshape(_e2m1(_unpack(a_p)).to(tl.float32), (BM, BK // 16, 16)) * a_s[:, :, None]
-    out = tl.reshape(v, (BM, BK)).to(tl.bfloat16)
-    tl.store(out_ptr + r[:, None].to(tl.int64) * K + (k0 + tl.arange(0, BK))[None, :], out)
+def _decode_ops(packed, scale):
+    """Plain-op decode: packed bytes, scale fp32 broadcast -> (low nibbles, high nibbles) as bf16 planes."""
+    p = packed.to(tl.int32)
+    lo = (_e2m1(p & 15).to(tl.float32) * scale).to(tl.bfloat16)
+    hi = (_e2m1(p >> 4).to(tl.float32) * scale).to(tl.bfloat16)
+    return lo, hi
+
+
+@triton.jit
+def _prep_a_kernel(a_ptr, as_ptr, out_ptr, live_ptr, K, col_tiles):
+    """A [64 rows, KC] to bf16 in the nibble-split order (per KC: the even columns, then the odd ones),
+    and the 64-row tile's live flag: any non-zero scale byte (a row of zero scales decodes to zeros)."""
+    r = tl.program_id(0) * 64 + tl.arange(0, 64)
+    k0 = tl.program_id(1) * KC
+    cols = k0 // 2 + tl.arange(0, KC // 2)
+    p = tl.load(a_ptr + r[:, None].to(tl.int64) * (K // 2) + cols[None, :])
+    s_bytes = tl.load(as_ptr + swizzled_offsets(r, k0 // 16 + tl.arange(0, KC // 16), col_tiles))
+    lo, hi = _decode_ops(p, _per_byte(s_bytes.to(tl.float8e4nv, bitcast=True).to(tl.float32), 64))
+    base = out_ptr + r[:, None].to(tl.int64) * K + k0 + tl.arange(0, KC // 2)[None, :]
+    tl.store(base, lo)
+    tl.store(base + KC // 2, hi)
+    tl.atomic_max(live_ptr + tl.program_id(0), tl.max(tl.max(s_bytes, axis=1), axis=0).to(tl.int32))
 
 
 @triton.autotune(
     configs=[
-        triton.Config({"BN": 128}, num_warps=8, num_stages=3),
-        triton.Config({"BN": 128}, num_warps=8, num_stages=4),
-        triton.Config({"BN": 256}, num_warps=8, num_stages=3),
-        triton.Config({"BN": 64}, num_warps=4, num_stages=4),
+        triton.Config({"BN": 128, "BT": 64, "SWAP": True}, num_warps=4, num_stages=4),
+        triton.Config({"BN": 128, "BT": 64, "SWAP": True}, num_warps=8, num_stages=3),
+        triton.Config({"BN": 128, "BT": 128, "SWAP": True}, num_warps=8, num_stages=3),
+        triton.Config({"BN": 256, "BT": 64, "SWAP": True}, num_warps=8, num_stages=3),
+        triton.Config({"BN": 64, "BT": 64, "SWAP": True}, num_warps=4, num_stages=4),
+        triton.Config({"BN": 128, "BT": 64, "SWAP": False}, num_warps=4, num_stages=4),
+        triton.Config({"BN": 256, "BT": 64, "SWAP": False}, num_warps=8, num_stages=3),
+        triton.Config({"BN": 128, "BT": 128, "SWAP": False}, num_warps=8, num_stages=3),
+        triton.Config({"BN": 128, "BT": 128, "SWAP": False}, num_warps=8, num_stages=4),
+        triton.Config({"BN": 256, "BT": 128, "SWAP": False}, num_warps=8, num_stages=3),
     ],
     key=["N", "K"],
 )
 @triton.jit
 def _gemm_kernel(
     a16_ptr,
+    live_ptr,
     b_ptr,
     bs_ptr,
     bg_ptr,
@@ -77,39 +130,57 @@ def _gemm_kernel(
     K,
     groups,
     n_per_group,
-    BM: tl.constexpr,
     BN: tl.constexpr,
-    BK: tl.constexpr,
+    BT: tl.constexpr,
+    SWAP: tl.constexpr,
+    DECODE_ASM: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    e = tl.load(tile_expert_ptr + pid_m)
-    rows = pid_m * BM + tl.arange(0, BM)
-    cols = pid_n * BN + tl.arange(0, BN)
-    # tiles past the last expert's rows (a plan sized before routing) skip the K loop and write zeros
-    k_end = tl.where(pid_m * BM < tl.load(offsets_ptr + n_experts), K, 0)
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
-    kb = tl.arange(0, BK // 2)
-    ks = tl.arange(0, BK // 16)
-    b_base = b_ptr + e.to(tl.int64) * N * (K // 2)
-    bs_base = bs_ptr + e.to(tl.int64) * N * (K // 16)
-    cmask = cols[:, None] < N
-    for k0 in range(0, k_end, BK):
-        a_v = tl.load(a16_ptr + rows[:, None].to(tl.int64) * K + (k0 + tl.arange(0, BK))[None, :])
-        b_p = tl.load(b_base + cols[:, None].to(tl.int64) * (K // 2) + (k0 // 2 + kb)[None, :], mask=cmask, other=0)
-        b_c = _e2m1(_unpack(b_p))
-        b_s = (
-            tl.load(bs_base + cols[:, None].to(tl.int64) * (K // 16) + (k0 // 16 + ks)[None, :], mask=cmask, other=0)
-            .to(tl.float8e4nv, bitcast=True)
-            .to(tl.float32)
-        )
-        b_v = tl.reshape(b_c.to(tl.float32), (BN, BK // 16, 16)) * b_s[:, :, None]
-        b_v = tl.reshape(b_v, (BN, BK)).to(tl.bfloat16)
-        acc = tl.dot(a_v, tl.trans(b_v), acc)
-    group = cols // n_per_group
-    alpha = tl.load(ag_ptr) * tl.load(bg_ptr + e * groups + group, mask=cols < N, other=0.0)
-    out = (acc * alpha[None, :]).to(tl.bfloat16)
-    tl.store(out_ptr + rows[:, None].to(tl.int64) * N + cols[None, :], out, mask=cols[None, :] < N)
+    pid_n = tl.program_id(0)  # N tiles vary fastest: neighbours share the expert's A tile in L2
+    pid_t = tl.program_id(1)
+    e = tl.load(tile_expert_ptr + (pid_t * BT) // 128)
+    live = tl.load(live_ptr + pid_t * (BT // 64))
+    if BT == 128:
+        live = tl.maximum(live, tl.load(live_ptr + pid_t * 2 + 1))
+    live = (live > 0) & (pid_t * BT < tl.load(offsets_ptr + n_experts))
+    k_end = tl.where(live, K, 0)
+    n = pid_n * BN + tl.arange(0, BN)
+    t = pid_t * BT + tl.arange(0, BT)
+    nmask = n[:, None] < N
+    b_rows = b_ptr + e.to(tl.int64) * N * (K // 2) + n[:, None].to(tl.int64) * (K // 2)
+    s_rows = bs_ptr + e.to(tl.int64) * N * (K // 16) + n[:, None].to(tl.int64) * (K // 16)
+    a_rows = a16_ptr + t[:, None].to(tl.int64) * K + tl.arange(0, KC // 2)[None, :]
+    bcols = tl.arange(0, KC // 2)
+    if SWAP:
+        acc = tl.zeros((BN, BT), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BT, BN), dtype=tl.float32)
+    for k0 in range(0, k_end, KC):
+        p = tl.load(b_rows + k0 // 2 + bcols[None, :], mask=nmask, other=0)
+        s = tl.load(s_rows + k0 // 16 + tl.arange(0, KC // 16)[None, :], mask=nmask, other=0)
+        s = s.to(tl.float8e4nv, bitcast=True).to(tl.float32)  # [BN, KC/16]: scale work before the broadcast
+        if DECODE_ASM:
+            s = _per_byte((s * TWO_POW_118).to(tl.bfloat16), BN)
+            w_lo, w_hi = tl.inline_asm_elementwise(
+                _DECODE_PTX, "=r,=r,=r,=r,r,r,r", [p, s], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4
+            )
+        else:
+            w_lo, w_hi = _decode_ops(p, _per_byte(s * (1.0 / EPILOGUE_GAIN), BN))
+        a_lo = tl.load(a_rows + k0)
+        a_hi = tl.load(a_rows + k0 + KC // 2)
+        if SWAP:
+            acc = tl.dot(w_lo, tl.trans(a_lo), acc)
+            acc = tl.dot(w_hi, tl.trans(a_hi), acc)
+        else:
+            acc = tl.dot(a_lo, tl.trans(w_lo), acc)
+            acc = tl.dot(a_hi, tl.trans(w_hi), acc)
+    group = n // n_per_group
+    alpha = tl.load(ag_ptr) * tl.load(bg_ptr + e * groups + group, mask=n < N, other=0.0) * EPILOGUE_GAIN
+    if SWAP:
+        out = (acc * alpha[:, None]).to(tl.bfloat16)
+        tl.store(out_ptr + t[None, :].to(tl.int64) * N + n[:, None], out, mask=nmask)
+    else:
+        out = (acc * alpha[None, :]).to(tl.bfloat16)
+        tl.store(out_ptr + t[:, None].to(tl.int64) * N + n[None, :], out, mask=n[None, :] < N)
 
 
 def tile_experts(offsets: torch.Tensor, rows: int, bm: int = 128) -> torch.Tensor:
@@ -127,29 +198,30 @@ def grouped_gemm(
     b_scales: torch.Tensor,
     b_global_decode: torch.Tensor,
     offsets: torch.Tensor,
+    decode_asm: bool = True,
 ) -> torch.Tensor:
     """bf16 [P, N]. a_packed uint8 [P, K/2], a_scales uint8 swizzled, b_packed uint8 [E, N, K/2], b_scales
     uint8 [E, N, K/16], b_global_decode fp32 [E, G], offsets int64 [E+1] (multiples of 128, offsets[-1] = P).
-    Rows past offsets[-1] are not written."""
+    Rows past offsets[-1] are written as zeros."""
     rows, half_k = a_packed.shape
     k = half_k * 2
     e, n, _ = b_packed.shape
-    bm, bk = 128, 64
-    if k % 128 or rows % bm:
-        raise ValueError(f"the Triton grouped GEMM takes K a multiple of 128 and rows of 128, got {rows}x{k}")
+    if k % K_STEP or rows % 128:
+        raise ValueError(f"the Triton grouped GEMM takes K a multiple of {K_STEP} and rows of 128, got {rows}x{k}")
     groups = b_global_decode.shape[-1] if b_global_decode.dim() > 1 else 1
     out = torch.empty(rows, n, dtype=torch.bfloat16, device=a_packed.device)
-    te = tile_experts(offsets, rows, bm)
     cp = -(-(k // 16) // 4) * 4
     a16 = torch.empty(rows, k, dtype=torch.bfloat16, device=a_packed.device)
-    _dequant_a_kernel[(rows // 64, k // 128)](a_packed, a_scales, a16, rows, k, cp // 4, BM=64, BK=128)
-    _gemm_kernel[lambda meta: (rows // bm, triton.cdiv(n, meta["BN"]))](
+    live = torch.zeros(rows // 64, dtype=torch.int32, device=a_packed.device)
+    _prep_a_kernel[(rows // 64, k // K_STEP)](a_packed, a_scales, a16, live, k, cp // 4, num_warps=4)
+    _gemm_kernel[lambda meta: (triton.cdiv(n, meta["BN"]), rows // meta["BT"])](
         a16,
+        live,
         b_packed.contiguous(),
         b_scales.contiguous(),
         b_global_decode.reshape(e, groups).to(torch.float32).contiguous(),
         a_global_decode.reshape(1).to(torch.float32),
-        te,
+        tile_experts(offsets, rows),
         offsets,
         offsets.numel() - 1,
         out,
@@ -157,7 +229,14 @@ def grouped_gemm(
         k,
         groups,
         n // groups,
-        BM=bm,
-        BK=bk,
+        DECODE_ASM=decode_asm,
     )
     return out
+
+
+def tuned_config() -> str:
+    """The GEMM tile the autotuner picked last in this process (bench reports it next to the timing)."""
+    cfg = getattr(_gemm_kernel, "best_config", None)
+    if cfg is None:
+        return ""
+    return ", ".join(f"{k}={v}" for k, v in {**cfg.kwargs, "warps": cfg.num_warps, "stages": cfg.num_stages}.items())

@@ -2,12 +2,13 @@
 [P, K/2] (element 2i in the low nibble) and e4m3 block-16 scales written straight into the 128x4 swizzle.
 
 Code for code the exact codec (references/nvfp4.py, EncodeScale convention):
-- block scale s_b = e4m3(clamp(fp32(amax_b / 6) * S_enc, 448)), amax over finite values, the division
-  IEEE-rounded (div_rn; Triton's default fp32 `/` is approximate); a block holding NaN/Inf gets 0x7F;
-- code = RNE(x * S_enc / s_b) decided without forming the quotient: |x| * S_enc held exactly as a
-  float32 pair (p, fma error) against midpoint * s_b (exact in float32), ties to the even code; blocks
-  whose scale is 0 or NaN store code 0; the sign from the sign bit (-0.0 keeps code 8).
-The tile shape is autotuned per K (the row count changes with every batch and is not a key).
+- block scale s_b = e4m3(clamp(fp32(amax_b / 6) * S_enc, 448)), the division IEEE-rounded (div_rn;
+  Triton's default fp32 `/` is approximate); amax an integer max over the magnitudes' float bits, and
+  a block holding NaN/Inf gets 0x7F;
+- code = RNE(|x| S_enc / s_b), decided with one exact test per element (`e2m1_codes`); blocks whose
+  scale is 0 store code 0; the sign from the sign bit (-0.0 keeps code 8).
+The tile shape and row tiles per program are autotuned per K (the row count changes with every batch
+and is not a key).
 """
 
 from __future__ import annotations
@@ -21,87 +22,117 @@ E4M3_MAX = 448.0
 
 
 @triton.jit
-def _above(p, err, t, tie_up: tl.constexpr):
-    """1 where the exact product p + err lies above t (or on it, for a midpoint that rounds up to even)."""
-    on = (p == t) & (err == 0)
-    above = (p > t) | ((p == t) & (err > 0))
-    if tie_up:
-        above = above | on
-    return above.to(tl.int32)
+def e2m1_codes(ax, s, g):
+    """e2m1 magnitude codes (int32 0..7) of RNE(ax * g / s), exactly, ties to the even code.
+
+    ax fp32 >= 0, s the decoded block scale (fp32 > 0, broadcast), g the global encode scale. An
+    approximate quotient q only picks the grid interval [v_c, v_c+1) holding it (any error well under a
+    quarter interval does); the one midpoint m of that interval then decides, exactly: m * s is exact in
+    fp32 (at most 3 + 4 significant bits), and fma(ax, g, -m s) rounds the exact ax g - m s once, so its
+    sign and zero are those of the exact difference. (If q lands in a neighbouring interval, the exact
+    value sits on q's side of its own midpoint, and the test gives the same code.) The interval comes
+    from float bits: for q >= 1 the e2m1 grid is the floats with one mantissa bit, so bits >> 22 index
+    it; q < 1 is shifted into [1, 2) by adding 1, where that grid has the 0.5 step of e2m1's subnormals.
+    Seven threshold tests (the exact codec's way) cost three times the instructions.
+    """
+    q = ax * (g / s)
+    low = q < 1.0
+    shift = tl.where(low, 1.0, 0.0)
+    hi = (q + shift).to(tl.int32, bitcast=True) >> 22
+    mid = ((hi << 22) | 0x200000).to(tl.float32, bitcast=True) - shift
+    code = hi - tl.where(low, 254, 252)
+    d = tl.math.fma(ax, g, -(mid * s))
+    # round up where d > 0, or d == 0 (a tie) and the lower code is odd. An exact zero from fma is +0,
+    # so on d's int32 bits: d > 0 <=> bits >= 1, d >= 0 <=> bits >= 0.
+    up = (d.to(tl.int32, bitcast=True) + (code & 1)) > 0
+    return tl.minimum(code + up.to(tl.int32), 7)
+
+
+@triton.jit
+def quantize_tile(w, g, BM: tl.constexpr, BK: tl.constexpr):
+    """bf16 pairs as int32 words [BM, BK/2] (element 2i in the low half) -> (packed uint8 [BM, BK/2], e4m3
+    scale bytes uint8 [BM, BK/16]). Working on the words, the two elements of a byte stay apart as the
+    low-nibble and high-nibble planes: no interleave to undo before packing."""
+    ax_lo = ((w & 0x7FFF) << 16).to(tl.float32, bitcast=True)
+    ax_hi = (w & 0x7FFF0000).to(tl.float32, bitcast=True)
+    # amax over each 16-element block (8 words) on the float bits: non-negative floats order as integers,
+    # and a NaN or Inf in the block leaves bits >= 0x7F800000
+    mag = tl.maximum(ax_lo.to(tl.int32, bitcast=True), ax_hi.to(tl.int32, bitcast=True))
+    amax_bits = tl.max(tl.reshape(mag, (BM, BK // 16, 8)), axis=2)
+    bad = amax_bits >= 0x7F800000
+    sb = tl.minimum(tl.math.div_rn(amax_bits.to(tl.float32, bitcast=True), 6.0) * g, 448.0)
+    s8 = sb.to(tl.float8e4nv, fp_downcast_rounding="rtne")
+    s_bytes = tl.where(bad, 0x7F, s8.to(tl.uint8, bitcast=True))
+    s_val = s8.to(tl.float32)
+    usable = (s_val > 0) & (~bad)
+    s_w = _per_word(tl.where(usable, s_val, 1.0), BM, BK)
+    keep = _per_word(tl.where(usable, 15, 0), BM, BK)  # unusable blocks store code 0
+    lo = (e2m1_codes(ax_lo, s_w, g) | ((w >> 12) & 8)) & keep
+    hi = (e2m1_codes(ax_hi, s_w, g) | ((w >> 28) & 8)) & keep
+    return (lo | (hi << 4)).to(tl.uint8), s_bytes
+
+
+@triton.jit
+def _per_word(v, BM: tl.constexpr, BK: tl.constexpr):
+    """Per-block values [BM, BK/16] -> one per word [BM, BK/2] (8 words to a block)."""
+    return tl.reshape(tl.broadcast_to(v[:, :, None], (BM, BK // 16, 8)), (BM, BK // 2))
+
+
+@triton.jit
+def swizzled_offsets(r, sc, col_tiles):
+    """Byte offsets of scale (row r, column sc) in the 128x4 swizzle:
+    ((r // 128) * col_tiles + sc // 4) * 512 + (r % 32) * 16 + ((r % 128) // 32) * 4 + sc % 4."""
+    off = ((r[:, None] // 128) * col_tiles + sc[None, :] // 4) * 512
+    return off + (r[:, None] % 32) * 16 + ((r[:, None] % 128) // 32) * 4 + sc[None, :] % 4
 
 
 @triton.autotune(
     configs=[
-        triton.Config({"BM": 32, "BK": 64}, num_warps=4),
-        triton.Config({"BM": 32, "BK": 128}, num_warps=4),
-        triton.Config({"BM": 16, "BK": 256}, num_warps=4),
-        triton.Config({"BM": 32, "BK": 256}, num_warps=8),
-        triton.Config({"BM": 64, "BK": 128}, num_warps=8),
-        triton.Config({"BM": 64, "BK": 256}, num_warps=8),
+        triton.Config({"BM": 32, "BK": 128, "R": 1}, num_warps=4),
+        triton.Config({"BM": 16, "BK": 256, "R": 1}, num_warps=4),
+        triton.Config({"BM": 32, "BK": 256, "R": 1}, num_warps=8),
+        triton.Config({"BM": 64, "BK": 256, "R": 1}, num_warps=8),
+        triton.Config({"BM": 16, "BK": 256, "R": 4}, num_warps=4),
+        triton.Config({"BM": 32, "BK": 256, "R": 4}, num_warps=8),
+        triton.Config({"BM": 32, "BK": 128, "R": 8}, num_warps=4),
     ],
     key=["cols"],
 )
 @triton.jit
-def _quant_kernel(x_ptr, packed_ptr, scale_ptr, g_ptr, rows, cols, col_tiles, BM: tl.constexpr, BK: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    r = pid_m * BM + tl.arange(0, BM)
-    c = pid_k * BK + tl.arange(0, BK)
-    mask = (r[:, None] < rows) & (c[None, :] < cols)
-    x = tl.load(x_ptr + r[:, None] * cols + c[None, :], mask=mask, other=0.0)  # bf16 [BM, BK]
-    xf = x.to(tl.float32)
-    finite = (xf == xf) & (tl.abs(xf) != float("inf"))
-    xb = tl.reshape(tl.where(finite, tl.abs(xf), 0.0), (BM, BK // 16, 16))
-    amax = tl.max(xb, axis=2)  # [BM, BK/16]
-    bad = tl.max(tl.reshape(tl.where(finite, 0, 1), (BM, BK // 16, 16)), axis=2) > 0
+def _quant_kernel(
+    x_ptr, packed_ptr, scale_ptr, g_ptr, rows, cols, col_tiles, BM: tl.constexpr, BK: tl.constexpr, R: tl.constexpr
+):
+    # R row tiles per program, loads software-pipelined across them (more bytes in flight per SM)
+    pc = tl.program_id(1) * (BK // 2) + tl.arange(0, BK // 2)  # word = packed byte column
+    sc = tl.program_id(1) * (BK // 16) + tl.arange(0, BK // 16)
     g = tl.load(g_ptr)
-    sb = tl.minimum(tl.math.div_rn(amax, 6.0) * g, 448.0)
-    s8 = sb.to(tl.float8e4nv, fp_downcast_rounding="rtne")
-    s_bytes = tl.where(bad, 0x7F, s8.to(tl.uint8, bitcast=True))
-    s_val = tl.where(bad, 0.0, s8.to(tl.float32))  # decoded scale; 0 -> unusable
-    # element codes, exactly, in float32: p + err = |x| * g exactly (fma), and mid * s is exact (<= 7
-    # significant bits); p > t implies |x| g > t under round-to-nearest, p == t leaves the sign of err
-    ax = tl.reshape(tl.abs(xf), (BM, BK // 16, 16))
-    p = ax * g
-    err = tl.math.fma(ax, g, -p)
-    s3 = s_val[:, :, None]
-    code = tl.zeros((BM, BK // 16, 16), dtype=tl.int32)
-    code += _above(p, err, 0.25 * s3, False)
-    code += _above(p, err, 0.75 * s3, True)
-    code += _above(p, err, 1.25 * s3, False)
-    code += _above(p, err, 1.75 * s3, True)
-    code += _above(p, err, 2.5 * s3, False)
-    code += _above(p, err, 3.5 * s3, True)
-    code += _above(p, err, 5.0 * s3, False)
-    usable = s3 > 0
-    code = tl.where(usable, code, 0)
-    neg = tl.reshape(x.to(tl.int16, bitcast=True) < 0, (BM, BK // 16, 16))
-    code = tl.where(usable & neg, code | 8, code)
-    code = tl.reshape(code, (BM, BK // 2, 2))
-    lo, hi = tl.split(code)
-    byte = (lo | (hi << 4)).to(tl.uint8)
-    pc = pid_k * (BK // 2) + tl.arange(0, BK // 2)
-    pmask = (r[:, None] < rows) & (pc[None, :] < cols // 2)
-    tl.store(packed_ptr + r[:, None] * (cols // 2) + pc[None, :], byte, mask=pmask)
-    # the 128x4 swizzle: ((r // 128) * col_tiles + c // 4) * 512 + (r % 32) * 16 + ((r % 128) // 32) * 4 + c % 4
-    sc = pid_k * (BK // 16) + tl.arange(0, BK // 16)
-    off = ((r[:, None] // 128) * col_tiles + sc[None, :] // 4) * 512
-    off += (r[:, None] % 32) * 16 + ((r[:, None] % 128) // 32) * 4 + sc[None, :] % 4
-    smask = (r[:, None] < rows) & (sc[None, :] < cols // 16)
-    tl.store(scale_ptr + off, s_bytes, mask=smask)
+    for i in tl.range(0, R, num_stages=2):
+        r = (tl.program_id(0) * R + i) * BM + tl.arange(0, BM)
+        pmask = (r[:, None] < rows) & (pc[None, :] < cols // 2)
+        w = tl.load(x_ptr + r[:, None].to(tl.int64) * (cols // 2) + pc[None, :], mask=pmask, other=0)
+        byte, s_bytes = quantize_tile(w, g, BM, BK)
+        tl.store(packed_ptr + r[:, None].to(tl.int64) * (cols // 2) + pc[None, :], byte, mask=pmask)
+        smask = (r[:, None] < rows) & (sc[None, :] < cols // 16)
+        tl.store(scale_ptr + swizzled_offsets(r, sc, col_tiles), s_bytes, mask=smask)
+
+
+def scale_buffer(rows: int, cols: int, device) -> tuple[torch.Tensor, int]:
+    """The zeroed swizzled scale buffer for [rows, cols] and its count of 4-column tiles."""
+    rp, cp = -(-rows // 128) * 128, -(-(cols // 16) // 4) * 4
+    return torch.zeros(rp * cp, dtype=torch.uint8, device=device), cp // 4
 
 
 def nvfp4_quantize(x: torch.Tensor, global_encode: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x bf16 [P, K] on the GPU, global_encode fp32 scalar tensor -> (packed uint8 [P, K/2], swizzled e4m3
     scales uint8 [Pp * Kp/16]) with the swizzle's padding zero."""
     rows, cols = x.shape
-    if cols % 64:
-        raise ValueError(f"the Triton quantizer takes K a multiple of 64, got {cols}")
+    if cols % 16:
+        raise ValueError(f"NVFP4 takes K a multiple of 16, got {cols}")
     x = x.contiguous()
+    words = x.view(torch.int32)  # bf16 pairs
     packed = torch.empty(rows, cols // 2, dtype=torch.uint8, device=x.device)
-    rp, cp = -(-rows // 128) * 128, -(-(cols // 16) // 4) * 4
-    scales = torch.zeros(rp * cp, dtype=torch.uint8, device=x.device)
+    scales, col_tiles = scale_buffer(rows, cols, x.device)
     g = global_encode.to(device=x.device, dtype=torch.float32).reshape(1)
-    grid = lambda meta: (triton.cdiv(rows, meta["BM"]), triton.cdiv(cols, meta["BK"]))  # noqa: E731
-    _quant_kernel[grid](x, packed, scales, g, rows, cols, cp // 4)
+    grid = lambda meta: (triton.cdiv(rows, meta["BM"] * meta["R"]), triton.cdiv(cols, meta["BK"]))  # noqa: E731
+    _quant_kernel[grid](words, packed, scales, g, rows, cols, col_tiles)
     return packed, scales
