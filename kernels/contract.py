@@ -50,7 +50,7 @@ import torch
 
 from fp4check.references.nvfp4 import DecodeScale, EncodeScale
 
-CONTRACT_VERSION = "1.1"
+CONTRACT_VERSION = "1.2"  # 1.2: the optional fused swiglu_quantize
 FINE_OPS = ("router", "nvfp4_quantize", "grouped_gemm_nvfp4", "swiglu_clamp", "moe_scatter", "shared_expert")
 ATTENTION_OPS = (
     "attn_q",

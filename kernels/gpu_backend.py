@@ -19,7 +19,7 @@ from fp4check.kernels.placement import to_device
 from fp4check.references.nvfp4 import EncodeScale
 
 
-def _cuda(t: torch.Tensor) -> torch.Tensor:
+def to_cuda(t: torch.Tensor) -> torch.Tensor:
     return t.to("cuda", non_blocking=True)
 
 
@@ -35,7 +35,7 @@ class GpuKernelBackend(EmulatedBackend):
     @classmethod
     def nvfp4_quantize(cls, x: torch.Tensor, global_scale: EncodeScale) -> NVFP4Activation:
         enc = global_scale.to_encode()
-        packed, scales = cls.quantize_kernel(_cuda(x.to(torch.bfloat16)), _cuda(enc.value))
+        packed, scales = cls.quantize_kernel(to_cuda(x.to(torch.bfloat16)), to_cuda(enc.value))
         device = x.device
         return NVFP4Activation(
             packed.to(device), scales.to(device).view(torch.float8_e4m3fn), enc, x.shape[0], x.shape[1]
@@ -44,13 +44,13 @@ class GpuKernelBackend(EmulatedBackend):
     @classmethod
     def grouped_gemm_nvfp4(cls, a: NVFP4Activation, b: GroupedNVFP4, offsets: torch.Tensor) -> torch.Tensor:
         out = cls.gemm_kernel(
-            _cuda(a.packed),
-            _cuda(a.scales.view(torch.uint8)),
-            _cuda(a.global_scale.to_decode().value),
-            _cuda(b.packed),
-            _cuda(b.scales.view(torch.uint8)),
-            _cuda(b.global_scale.value),
-            _cuda(offsets),
+            to_cuda(a.packed),
+            to_cuda(a.scales.view(torch.uint8)),
+            to_cuda(a.global_scale.to_decode().value),
+            to_cuda(b.packed),
+            to_cuda(b.scales.view(torch.uint8)),
+            to_cuda(b.global_scale.value),
+            to_cuda(offsets),
         )
         return out.to(a.packed.device)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from fp4check.kernels.contract import NVFP4Activation
-from fp4check.kernels.gpu_backend import GpuKernelBackend, _cuda
+from fp4check.kernels.gpu_backend import GpuKernelBackend, to_cuda
 from fp4check.kernels.registry import Needs
 from fp4check.references.nvfp4 import EncodeScale
 
@@ -40,7 +40,7 @@ class TritonBackend(GpuKernelBackend):
     def swiglu_clamp(cls, gate_up: torch.Tensor, limit: float | None) -> torch.Tensor:
         from fp4check.kernels.triton.swiglu_quant import swiglu_quantize
 
-        act, _, _ = swiglu_quantize(_cuda(gate_up), limit, None)
+        act, _, _ = swiglu_quantize(to_cuda(gate_up), limit, None)
         return act.to(gate_up.device)
 
     @classmethod
@@ -51,7 +51,7 @@ class TritonBackend(GpuKernelBackend):
         from fp4check.kernels.triton.swiglu_quant import swiglu_quantize
 
         enc = global_scale.to_encode()
-        act, packed, scales = swiglu_quantize(_cuda(gate_up), limit, _cuda(enc.value))
+        act, packed, scales = swiglu_quantize(to_cuda(gate_up), limit, to_cuda(enc.value))
         d = gate_up.device
         quant = NVFP4Activation(packed.to(d), scales.to(d).view(torch.float8_e4m3fn), enc, act.shape[0], act.shape[1])
         return act.to(d), quant
@@ -61,9 +61,7 @@ class TritonBackend(GpuKernelBackend):
         """In place, on the pages' device: the kernel writes GPU pages directly (CPU pages go through a GPU copy)."""
         from fp4check.kernels.triton.kv_write import kv_cache_write
 
-        if pages.is_cuda:
-            kv_cache_write(pages, block, _cuda(slots), _cuda(kv))
-            return
-        gpu = _cuda(pages)
-        kv_cache_write(gpu, block, _cuda(slots), _cuda(kv))
-        pages.copy_(gpu.cpu())
+        gpu = to_cuda(pages)
+        kv_cache_write(gpu, block, to_cuda(slots), to_cuda(kv))
+        if gpu is not pages:
+            pages.copy_(gpu.cpu())
