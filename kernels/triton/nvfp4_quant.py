@@ -7,8 +7,9 @@ Code for code the exact codec (references/nvfp4.py, EncodeScale convention):
   a block holding NaN/Inf gets 0x7F;
 - code = RNE(|x| S_enc / s_b), decided with one exact test per element (`e2m1_codes`); blocks whose
   scale is 0 store code 0; the sign from the sign bit (-0.0 keeps code 8).
-The tile shape and row tiles per program are autotuned per K (the row count changes with every batch
-and is not a key).
+The tile shape is autotuned per K (the row count changes with every batch and is not a key). Looping
+each program over several row tiles (software-pipelined loads) measured no faster: the kernel is
+instruction-bound, not waiting on memory.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ E4M3_MAX = 448.0
 
 
 @triton.jit
-def e2m1_codes(ax, s, g):
+def e2m1_codes(ax, s, gs, g):
     """e2m1 magnitude codes (int32 0..7) of RNE(ax * g / s), exactly, ties to the even code.
 
-    ax fp32 >= 0, s the decoded block scale (fp32 > 0, broadcast), g the global encode scale. An
+    ax fp32 >= 0, s the decoded block scale (fp32 > 0, broadcast), gs ~ g / s (any rounding), g the
+    global encode scale. An
     approximate quotient q only picks the grid interval [v_c, v_c+1) holding it (any error well under a
     quarter interval does); the one midpoint m of that interval then decides, exactly: m * s is exact in
     fp32 (at most 3 + 4 significant bits), and fma(ax, g, -m s) rounds the exact ax g - m s once, so its
@@ -35,12 +37,12 @@ def e2m1_codes(ax, s, g):
     it; q < 1 is shifted into [1, 2) by adding 1, where that grid has the 0.5 step of e2m1's subnormals.
     Seven threshold tests (the exact codec's way) cost three times the instructions.
     """
-    q = ax * (g / s)
+    q = ax * gs
     low = q < 1.0
     shift = tl.where(low, 1.0, 0.0)
-    hi = (q + shift).to(tl.int32, bitcast=True) >> 22
-    mid = ((hi << 22) | 0x200000).to(tl.float32, bitcast=True) - shift
-    code = hi - tl.where(low, 254, 252)
+    u = (q + shift).to(tl.int32, bitcast=True)
+    mid = ((u & -4194304) | 0x200000).to(tl.float32, bitcast=True) - shift  # keep exponent + 1 mantissa bit
+    code = (u >> 22) - tl.where(low, 254, 252)
     d = tl.math.fma(ax, g, -(mid * s))
     # round up where d > 0, or d == 0 (a tie) and the lower code is odd. An exact zero from fma is +0,
     # so on d's int32 bits: d > 0 <=> bits >= 1, d >= 0 <=> bits >= 0.
@@ -65,11 +67,13 @@ def quantize_tile(w, g, BM: tl.constexpr, BK: tl.constexpr):
     s_bytes = tl.where(bad, 0x7F, s8.to(tl.uint8, bitcast=True))
     s_val = s8.to(tl.float32)
     usable = (s_val > 0) & (~bad)
-    s_w = _per_word(tl.where(usable, s_val, 1.0), BM, BK)
-    keep = _per_word(tl.where(usable, 15, 0), BM, BK)  # unusable blocks store code 0
-    lo = (e2m1_codes(ax_lo, s_w, g) | ((w >> 12) & 8)) & keep
-    hi = (e2m1_codes(ax_hi, s_w, g) | ((w >> 28) & 8)) & keep
-    return (lo | (hi << 4)).to(tl.uint8), s_bytes
+    s_blk = tl.where(usable, s_val, 1.0)
+    s_w, gs_w = _per_word(s_blk, BM, BK), _per_word(g / s_blk, BM, BK)
+    lo = e2m1_codes(ax_lo, s_w, gs_w, g)
+    hi = e2m1_codes(ax_hi, s_w, gs_w, g)
+    # the sign bits (bf16 bits 15 and 31) go straight to the byte's bits 3 and 7; unusable blocks store 0
+    byte = lo | (hi << 4) | ((w >> 12) & 0x8) | ((w >> 24) & 0x80)
+    return (byte & _per_word(tl.where(usable, 0xFF, 0), BM, BK)).to(tl.uint8), s_bytes
 
 
 @triton.jit
@@ -88,30 +92,31 @@ def swizzled_offsets(r, sc, col_tiles):
 
 @triton.autotune(
     configs=[
-        triton.Config({"BM": 32, "BK": 128, "R": 1}, num_warps=4),
-        triton.Config({"BM": 16, "BK": 256, "R": 1}, num_warps=4),
-        triton.Config({"BM": 32, "BK": 256, "R": 1}, num_warps=8),
-        triton.Config({"BM": 64, "BK": 256, "R": 1}, num_warps=8),
-        triton.Config({"BM": 16, "BK": 256, "R": 4}, num_warps=4),
-        triton.Config({"BM": 32, "BK": 256, "R": 4}, num_warps=8),
-        triton.Config({"BM": 32, "BK": 128, "R": 8}, num_warps=4),
+        triton.Config({"BM": 32, "BK": 128}, num_warps=4),
+        triton.Config({"BM": 16, "BK": 256}, num_warps=4),
+        triton.Config({"BM": 32, "BK": 256}, num_warps=8),
+        triton.Config({"BM": 64, "BK": 256}, num_warps=8),
     ],
     key=["cols"],
 )
+@triton.heuristics({"EVEN": lambda a: a["rows"] % a["BM"] == 0 and a["cols"] % a["BK"] == 0})
 @triton.jit
 def _quant_kernel(
-    x_ptr, packed_ptr, scale_ptr, g_ptr, rows, cols, col_tiles, BM: tl.constexpr, BK: tl.constexpr, R: tl.constexpr
+    x_ptr, packed_ptr, scale_ptr, g_ptr, rows, cols, col_tiles, BM: tl.constexpr, BK: tl.constexpr, EVEN: tl.constexpr
 ):
-    # R row tiles per program, loads software-pipelined across them (more bytes in flight per SM)
+    r = tl.program_id(0) * BM + tl.arange(0, BM)
     pc = tl.program_id(1) * (BK // 2) + tl.arange(0, BK // 2)  # word = packed byte column
     sc = tl.program_id(1) * (BK // 16) + tl.arange(0, BK // 16)
     g = tl.load(g_ptr)
-    for i in tl.range(0, R, num_stages=2):
-        r = (tl.program_id(0) * R + i) * BM + tl.arange(0, BM)
+    words = r[:, None].to(tl.int64) * (cols // 2) + pc[None, :]
+    if EVEN:  # no masks: the tile grid covers the tensor exactly
+        byte, s_bytes = quantize_tile(tl.load(x_ptr + words), g, BM, BK)
+        tl.store(packed_ptr + words, byte)
+        tl.store(scale_ptr + swizzled_offsets(r, sc, col_tiles), s_bytes)
+    else:
         pmask = (r[:, None] < rows) & (pc[None, :] < cols // 2)
-        w = tl.load(x_ptr + r[:, None].to(tl.int64) * (cols // 2) + pc[None, :], mask=pmask, other=0)
-        byte, s_bytes = quantize_tile(w, g, BM, BK)
-        tl.store(packed_ptr + r[:, None].to(tl.int64) * (cols // 2) + pc[None, :], byte, mask=pmask)
+        byte, s_bytes = quantize_tile(tl.load(x_ptr + words, mask=pmask, other=0), g, BM, BK)
+        tl.store(packed_ptr + words, byte, mask=pmask)
         smask = (r[:, None] < rows) & (sc[None, :] < cols // 16)
         tl.store(scale_ptr + swizzled_offsets(r, sc, col_tiles), s_bytes, mask=smask)
 
@@ -133,6 +138,6 @@ def nvfp4_quantize(x: torch.Tensor, global_encode: torch.Tensor) -> tuple[torch.
     packed = torch.empty(rows, cols // 2, dtype=torch.uint8, device=x.device)
     scales, col_tiles = scale_buffer(rows, cols, x.device)
     g = global_encode.to(device=x.device, dtype=torch.float32).reshape(1)
-    grid = lambda meta: (triton.cdiv(rows, meta["BM"] * meta["R"]), triton.cdiv(cols, meta["BK"]))  # noqa: E731
+    grid = lambda meta: (triton.cdiv(rows, meta["BM"]), triton.cdiv(cols, meta["BK"]))  # noqa: E731
     _quant_kernel[grid](words, packed, scales, g, rows, cols, col_tiles)
     return packed, scales
