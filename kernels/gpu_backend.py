@@ -19,6 +19,13 @@ from fp4check.kernels.placement import to_device
 from fp4check.references.nvfp4 import EncodeScale
 
 
+def tile_experts(offsets: torch.Tensor, rows: int) -> torch.Tensor:
+    """int32 [ceil(rows/128)]: the expert of each 128-row tile, E for tiles past offsets[-1] (a plan sized
+    before routing); on the GPU, no host sync. Both GPU backends' grouped GEMMs take it."""
+    starts = torch.arange(0, rows, 128, device=offsets.device, dtype=offsets.dtype)
+    return torch.searchsorted(offsets[1:].contiguous(), starts, right=True).to(torch.int32)
+
+
 def to_cuda(t: torch.Tensor) -> torch.Tensor:
     return t.to("cuda", non_blocking=True)
 

@@ -195,14 +195,16 @@ def _bandwidth_rows(op: str, shape: str | None, seed: int, runs: int, bw: float,
             ("triton fp8 kv write graph", lambda kv: kv_cache_write(pages, block, slots, kv), True),
             ("torch codec + index write (alternative)", lambda kv: torch_write(pages, block, slots, kv), False),
         ]
-    rows = []
-    for label, fn, graph in variants:
-        t = time_op(fn, ins, runs, graph=graph)
-        gbps = moved / (t.median_us * 1e-6) / 1e9
-        rows.append(
-            {**common, "variant": label, "shape": shape_s, **t.as_dict(), "GBps": gbps, "of_copy_bw": gbps * 1e9 / bw}
-        )
-    return rows
+    return [
+        _bandwidth_row(common, label, shape_s, time_op(fn, ins, runs, graph=graph), moved, bw)
+        for label, fn, graph in variants
+    ]
+
+
+def _bandwidth_row(common: dict, variant: str, shape: str, t, moved: int, bw: float) -> dict:
+    """A CSV row of a bandwidth-bound op: its rate and its ratio to the copy bandwidth of the same run."""
+    gbps = moved / (t.median_us * 1e-6) / 1e9
+    return {**common, "variant": variant, "shape": shape, **t.as_dict(), "GBps": gbps, "of_copy_bw": gbps * 1e9 / bw}
 
 
 @click.command()
@@ -275,18 +277,7 @@ def bench(op, shape, tokens, topk, routing, backend, runs, seed, csv_path, as_js
         variants.append(("torch codec (alternative)", alt, False, None))
         for label, fn, graph, owner in variants:
             t = time_op(fn, xs, runs, graph=graph)
-            gbps = moved / (t.median_us * 1e-6) / 1e9
-            rows_out.append(
-                {
-                    **common,
-                    "variant": label,
-                    "shape": f"{m}x{k}",
-                    **t.as_dict(),
-                    "GBps": gbps,
-                    "of_copy_bw": gbps * 1e9 / bw,
-                    "compile_s": _compile_s(owner),
-                }
-            )
+            rows_out.append(_bandwidth_row(common, label, f"{m}x{k}", t, moved, bw) | {"compile_s": _compile_s(owner)})
     elif op in ("act", "kv"):
         if backend != "triton":
             raise InputError(f"bench {op} times a triton kernel; use --backend triton")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from fp4check.kernels.gpu_backend import GpuKernelBackend
+from fp4check.kernels.gpu_backend import GpuKernelBackend, tile_experts
 from fp4check.kernels.registry import Needs
 from fp4check.references.swizzle import swizzle_128x4, swizzled_shape
 
@@ -32,13 +32,6 @@ def _arch() -> str:
         cc = torch.cuda.get_device_capability() if torch.cuda.is_available() else None
         raise RuntimeError(f"the cutedsl kernels target SM90 and SM100 GPUs; this one is compute capability {cc}")
     return arch
-
-
-def tile_experts(offsets: torch.Tensor, rows: int) -> torch.Tensor:
-    """int32 [ceil(rows/128)]: the expert of each 128-row tile, E for tiles past offsets[-1] (on the GPU,
-    no host sync)."""
-    starts = torch.arange(0, rows, 128, device=offsets.device, dtype=offsets.dtype)
-    return torch.searchsorted(offsets[1:].contiguous(), starts, right=True).to(torch.int32)
 
 
 def _launch(kernel: str, tensors: list, ints: list, arch: str, stream=None) -> None:

@@ -31,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fp4check.kernels.gpu_backend import tile_experts
 from fp4check.kernels.triton.nvfp4_quant import swizzled_offsets
 
 K_STEP = 128  # the K step; A's nibble-split order repeats every K_STEP
@@ -183,13 +184,6 @@ def _gemm_kernel(
         tl.store(out_ptr + t[:, None].to(tl.int64) * N + n[None, :], out, mask=n[None, :] < N)
 
 
-def tile_experts(offsets: torch.Tensor, rows: int, bm: int = 128) -> torch.Tensor:
-    """int32 [rows / bm]: the expert of each row tile (offsets are multiples of bm), on the GPU."""
-    starts = torch.arange(0, rows, bm, device=offsets.device)
-    e = torch.searchsorted(offsets[1:].contiguous(), starts, right=True)
-    return e.clamp(max=offsets.numel() - 2).to(torch.int32)
-
-
 def grouped_gemm(
     a_packed: torch.Tensor,
     a_scales: torch.Tensor,
@@ -221,7 +215,7 @@ def grouped_gemm(
         b_scales.contiguous(),
         b_global_decode.reshape(e, groups).to(torch.float32).contiguous(),
         a_global_decode.reshape(1).to(torch.float32),
-        tile_experts(offsets, rows),
+        tile_experts(offsets, rows).clamp(max=offsets.numel() - 2),  # past-end tiles: a valid expert to read
         offsets,
         offsets.numel() - 1,
         out,

@@ -18,9 +18,6 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK = 16
-E4M3_MAX = 448.0
-
 
 @triton.jit
 def e2m1_codes(ax, s, gs, g):
