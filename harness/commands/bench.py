@@ -287,11 +287,9 @@ def bench(op, shape, tokens, topk, routing, backend, runs, seed, csv_path, as_js
         inputs, rows, useful, counts = _gemm_case(op, (e, n, k), tokens, topk, routing, seed, 2, kernels[backend][0])
         shape_s = f"E{e} N{n} K{k} T{tokens} top{topk} {routing} rows{rows}"
         variants = [(f"{b} {mode}", kernels[b][1], mode == "graph", b) for b in timed for mode in ("eager", "graph")]
-        if "triton" in timed:  # the portable tl.dot main loop beside the SM90 one; what the PTX decode buys
-            dot = functools.partial(kernels["triton"][1], mainloop="dot")
-            variants.append(("triton eager, tl.dot main loop", dot, False, "triton"))
+        if "triton" in timed:  # what the inline-PTX weight decode buys, same kernel otherwise
             plain = functools.partial(kernels["triton"][1], decode_asm=False)
-            variants.append(("triton eager, tl.dot main loop, plain-op weight decode", plain, False, "triton"))
+            variants.append(("triton eager, plain-op weight decode", plain, False, "triton"))
         try:
             w16 = _dequant_weights(*inputs[0][3:6])
             acts = [(_dequant_act(ap, asc, dec, rows, k), w16, off) for ap, asc, dec, _, _, _, off in inputs]

@@ -21,6 +21,8 @@ for few rows and decoding, not the MMA, sets the pace):
   as do tiles past offsets[-1] (a plan sized before routing); both write acc x alpha = 0. The flags come
   from the A pass, the tile -> expert map from offsets, both on the GPU: no host sync, so the launch can
   be captured in a CUDA graph.
+A Gluon main loop that ran the decode beside asynchronous wgmma was measured slower (loads bound it, not
+the decode: bench/results/h100_gemm_wgmma_probe_20261122.txt), so this kernel stays the one main loop.
 `DECODE_ASM=False` decodes with plain Triton ops into the same planes: that path runs in Triton's CPU
 interpreter, which has no inline assembly, and the GPU test holds the two paths bit-equal.
 """
@@ -102,26 +104,18 @@ def _prep_a_kernel(a_ptr, as_ptr, out_ptr, live_ptr, K, col_tiles):
 
 @triton.autotune(
     configs=[
-        triton.Config({"BN": 128, "BT": 64, "SWAP": True, "SUB": 1}, num_warps=4, num_stages=4),
-        triton.Config({"BN": 128, "BT": 64, "SWAP": True, "SUB": 1}, num_warps=8, num_stages=3),
-        triton.Config({"BN": 128, "BT": 128, "SWAP": True, "SUB": 1}, num_warps=8, num_stages=3),
-        triton.Config({"BN": 256, "BT": 64, "SWAP": True, "SUB": 1}, num_warps=8, num_stages=3),
-        triton.Config({"BN": 64, "BT": 64, "SWAP": True, "SUB": 1}, num_warps=4, num_stages=4),
-        triton.Config({"BN": 128, "BT": 64, "SWAP": False, "SUB": 1}, num_warps=4, num_stages=4),
-        triton.Config({"BN": 256, "BT": 64, "SWAP": False, "SUB": 1}, num_warps=8, num_stages=3),
-        triton.Config({"BN": 128, "BT": 128, "SWAP": False, "SUB": 1}, num_warps=8, num_stages=3),
-        triton.Config({"BN": 128, "BT": 128, "SWAP": False, "SUB": 1}, num_warps=8, num_stages=4),
-        triton.Config({"BN": 256, "BT": 128, "SWAP": False, "SUB": 1}, num_warps=8, num_stages=3),
-        triton.Config({"BN": 128, "BT": 128, "SWAP": False, "SUB": 2}, num_warps=8, num_stages=2),
-        triton.Config({"BN": 128, "BT": 64, "SWAP": False, "SUB": 2}, num_warps=4, num_stages=3),
-        triton.Config({"BN": 128, "BT": 64, "SWAP": True, "SUB": 2}, num_warps=4, num_stages=3),
+        triton.Config({"BN": 128, "BT": 64, "SWAP": True}, num_warps=4, num_stages=4),
+        triton.Config({"BN": 128, "BT": 64, "SWAP": True}, num_warps=8, num_stages=3),
+        triton.Config({"BN": 128, "BT": 128, "SWAP": True}, num_warps=8, num_stages=3),
+        triton.Config({"BN": 256, "BT": 64, "SWAP": True}, num_warps=8, num_stages=3),
+        triton.Config({"BN": 64, "BT": 64, "SWAP": True}, num_warps=4, num_stages=4),
+        triton.Config({"BN": 128, "BT": 64, "SWAP": False}, num_warps=4, num_stages=4),
+        triton.Config({"BN": 256, "BT": 64, "SWAP": False}, num_warps=8, num_stages=3),
+        triton.Config({"BN": 128, "BT": 128, "SWAP": False}, num_warps=8, num_stages=3),
+        triton.Config({"BN": 128, "BT": 128, "SWAP": False}, num_warps=8, num_stages=4),
+        triton.Config({"BN": 256, "BT": 128, "SWAP": False}, num_warps=8, num_stages=3),
     ],
     key=["N", "K"],
-    prune_configs_by={
-        "early_config_prune": lambda configs, named, **_: [
-            c for c in configs if named["K"] % (K_STEP * c.kwargs["SUB"]) == 0
-        ]
-    },
 )
 @triton.jit
 def _gemm_kernel(
@@ -142,7 +136,6 @@ def _gemm_kernel(
     BN: tl.constexpr,
     BT: tl.constexpr,
     SWAP: tl.constexpr,
-    SUB: tl.constexpr,
     DECODE_ASM: tl.constexpr,
 ):
     pid_n = tl.program_id(0)  # N tiles vary fastest: neighbours share the expert's A tile in L2
@@ -164,27 +157,25 @@ def _gemm_kernel(
         acc = tl.zeros((BN, BT), dtype=tl.float32)
     else:
         acc = tl.zeros((BT, BN), dtype=tl.float32)
-    for k0 in range(0, k_end, KC * SUB):
-        for j in tl.static_range(SUB):  # SUB = 2: a weight row's two 64-byte pieces are asked for together
-            kj = k0 + j * KC
-            p = tl.load(b_rows + kj // 2 + bcols[None, :], mask=nmask, other=0)
-            s = tl.load(s_rows + kj // 16 + tl.arange(0, KC // 16)[None, :], mask=nmask, other=0)
-            s = s.to(tl.float8e4nv, bitcast=True).to(tl.float32)  # [BN, KC/16]: scale work before the broadcast
-            if DECODE_ASM:
-                s = _per_byte((s * TWO_POW_118).to(tl.bfloat16), BN)
-                w_lo, w_hi = tl.inline_asm_elementwise(
-                    _DECODE_PTX, "=r,=r,=r,=r,r,r,r", [p, s], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4
-                )
-            else:
-                w_lo, w_hi = _decode_ops(p, _per_byte(s * (1.0 / EPILOGUE_GAIN), BN))
-            a_lo = tl.load(a_rows + kj)
-            a_hi = tl.load(a_rows + kj + KC // 2)
-            if SWAP:
-                acc = tl.dot(w_lo, tl.trans(a_lo), acc)
-                acc = tl.dot(w_hi, tl.trans(a_hi), acc)
-            else:
-                acc = tl.dot(a_lo, tl.trans(w_lo), acc)
-                acc = tl.dot(a_hi, tl.trans(w_hi), acc)
+    for k0 in range(0, k_end, KC):
+        p = tl.load(b_rows + k0 // 2 + bcols[None, :], mask=nmask, other=0)
+        s = tl.load(s_rows + k0 // 16 + tl.arange(0, KC // 16)[None, :], mask=nmask, other=0)
+        s = s.to(tl.float8e4nv, bitcast=True).to(tl.float32)  # [BN, KC/16]: scale work before the broadcast
+        if DECODE_ASM:
+            s = _per_byte((s * TWO_POW_118).to(tl.bfloat16), BN)
+            w_lo, w_hi = tl.inline_asm_elementwise(
+                _DECODE_PTX, "=r,=r,=r,=r,r,r,r", [p, s], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4
+            )
+        else:
+            w_lo, w_hi = _decode_ops(p, _per_byte(s * (1.0 / EPILOGUE_GAIN), BN))
+        a_lo = tl.load(a_rows + k0)
+        a_hi = tl.load(a_rows + k0 + KC // 2)
+        if SWAP:
+            acc = tl.dot(w_lo, tl.trans(a_lo), acc)
+            acc = tl.dot(w_hi, tl.trans(a_hi), acc)
+        else:
+            acc = tl.dot(a_lo, tl.trans(w_lo), acc)
+            acc = tl.dot(a_hi, tl.trans(w_hi), acc)
     group = n // n_per_group
     alpha = tl.load(ag_ptr) * tl.load(bg_ptr + e * groups + group, mask=n < N, other=0.0) * EPILOGUE_GAIN
     if SWAP:
@@ -204,12 +195,10 @@ def grouped_gemm(
     b_global_decode: torch.Tensor,
     offsets: torch.Tensor,
     decode_asm: bool = True,
-    mainloop: str = "auto",
 ) -> torch.Tensor:
     """bf16 [P, N]. a_packed uint8 [P, K/2], a_scales uint8 swizzled, b_packed uint8 [E, N, K/2], b_scales
     uint8 [E, N, K/16], b_global_decode fp32 [E, G], offsets int64 [E+1] (multiples of 128, offsets[-1] = P).
-    Rows past offsets[-1] are written as zeros. `mainloop`: "wgmma" (grouped_gemm_wgmma.py, SM90 only),
-    "dot" (the `tl.dot` kernel here, any GPU Triton supports) or "auto" (wgmma where it fits)."""
+    Rows past offsets[-1] are written as zeros."""
     rows, half_k = a_packed.shape
     k = half_k * 2
     e, n, _ = b_packed.shape
@@ -221,37 +210,29 @@ def grouped_gemm(
     a16 = torch.empty(rows, k, dtype=torch.bfloat16, device=a_packed.device)
     live = torch.zeros(rows // 64, dtype=torch.int32, device=a_packed.device)
     _prep_a_kernel[(rows // 64, k // K_STEP)](a_packed, a_scales, a16, live, k, cp // 4, num_warps=4)
-    tiles = tile_experts(offsets, rows).clamp(max=offsets.numel() - 2)  # past-end tiles: a valid expert to read
-    b_packed, b_scales = b_packed.contiguous(), b_scales.contiguous()
-    b_global = b_global_decode.reshape(e, groups).to(torch.float32).contiguous()
-    a_global = a_global_decode.reshape(1).to(torch.float32)
-    if mainloop == "auto":
-        from fp4check.kernels.triton import grouped_gemm_wgmma
-
-        mainloop = "wgmma" if decode_asm and grouped_gemm_wgmma.fits(n, k) else "dot"
-    if mainloop == "wgmma":
-        from fp4check.kernels.triton import grouped_gemm_wgmma
-
-        grouped_gemm_wgmma.launch(a16, live, b_packed, b_scales, b_global, a_global, tiles, offsets, out, n, k, groups)
-        _LAST[0] = grouped_gemm_wgmma._gemm_wgmma_kernel
-        return out
     _gemm_kernel[lambda meta: (triton.cdiv(n, meta["BN"]), rows // meta["BT"])](
-        a16, live, b_packed, b_scales, b_global, a_global, tiles, offsets, offsets.numel() - 1, out, n, k, groups,
-        n // groups, DECODE_ASM=decode_asm,
-    )  # fmt: skip
-    _LAST[0] = _gemm_kernel
+        a16,
+        live,
+        b_packed.contiguous(),
+        b_scales.contiguous(),
+        b_global_decode.reshape(e, groups).to(torch.float32).contiguous(),
+        a_global_decode.reshape(1).to(torch.float32),
+        tile_experts(offsets, rows).clamp(max=offsets.numel() - 2),  # past-end tiles: a valid expert to read
+        offsets,
+        offsets.numel() - 1,
+        out,
+        n,
+        k,
+        groups,
+        n // groups,
+        DECODE_ASM=decode_asm,
+    )
     return out
 
 
-_LAST = [None]  # the kernel grouped_gemm launched last
-
-
 def tuned_config() -> str:
-    """The main loop and tile the autotuner picked for the last GEMM in this process (bench reports it
-    next to the timing)."""
-    kernel = _LAST[0]
-    cfg = getattr(kernel, "best_config", None)
+    """The GEMM tile the autotuner picked last in this process (bench reports it next to the timing)."""
+    cfg = getattr(_gemm_kernel, "best_config", None)
     if cfg is None:
         return ""
-    loop = "wgmma" if kernel is not _gemm_kernel else f"dot, stages={cfg.num_stages}"
-    return ", ".join([loop] + [f"{k}={v}" for k, v in cfg.kwargs.items()] + [f"warps={cfg.num_warps}"])
+    return ", ".join(f"{k}={v}" for k, v in {**cfg.kwargs, "warps": cfg.num_warps, "stages": cfg.num_stages}.items())
