@@ -294,6 +294,30 @@ def test_quantize_every_bf16_magnitude(backend):
         assert torch.equal(got.packed, want.packed), g
 
 
+@pytest.mark.parametrize("g_exp", [-119, -121, -125, -126, -130])
+def test_quantize_near_ties_under_tiny_global_scales(backend, g_exp):
+    """Global scales at and below 2^-120 (down to subnormal), blocks of amax 1.5 x 2^127: every element
+    within a few fp32 ulps of a midpoint (|x| g next to m s), on both sides. The Triton quantizer's exact
+    test rescales g there (`decision_scales`); a g 2^-7 gone subnormal fails this test."""
+    from fp4check.kernels.emulated.moe import quantize_activation
+    from fp4check.references.nvfp4 import EncodeScale
+
+    amax = torch.tensor(1.5 * 2.0**127).to(torch.bfloat16)
+    g0 = torch.tensor(1.37 * 2.0**g_exp, dtype=torch.float32)
+    s = quantize_activation(torch.full((1, 16), float(amax)).to(torch.bfloat16), EncodeScale(g0)).scales
+    s = s.double().flatten()[0]
+    assert s > 0
+    for m in (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0):
+        ax = (m * s / g0.double()).to(torch.bfloat16)
+        x = torch.full((1, 16), float(ax)).to(torch.bfloat16)
+        x[0, 0], x[0, 1::2] = amax, -ax
+        for ulps in (-2, -1, 0, 1, 2):  # g next to m s / |x|: |x| g - m s down to 2^-24 relative
+            g = EncodeScale((torch.tensor(m * s / ax.double()).float().view(torch.int32) + ulps).view(torch.float32))
+            want, got = quantize_activation(x, g), backend.nvfp4_quantize(x, g)
+            assert torch.equal(got.scales.view(torch.uint8), want.scales.view(torch.uint8)), (m, ulps)
+            assert torch.equal(got.packed, want.packed), (m, ulps)
+
+
 @pytest.fixture
 def triton_backend():
     be = load_backend("triton")

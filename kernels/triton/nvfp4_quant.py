@@ -5,8 +5,8 @@ Code for code the exact codec (references/nvfp4.py, EncodeScale convention):
 - block scale s_b = e4m3(clamp(fp32(amax_b / 6) * S_enc, 448)), the division IEEE-rounded (div_rn;
   Triton's default fp32 `/` is approximate); amax an integer max over the magnitudes' float bits, and
   a block holding NaN/Inf gets 0x7F;
-- code = RNE(|x| S_enc / s_b), decided with one exact test per element (`e2m1_codes`); blocks whose
-  scale is 0 store code 0; the sign from the sign bit (-0.0 keeps code 8).
+- code = RNE(|x| S_enc / s_b), decided with one exact test per element (`e2m1_codes`, about 12
+  instructions); blocks whose scale is 0 store code 0; the sign from the sign bit (-0.0 keeps code 8).
 The tile shape is autotuned per K (the row count changes with every batch and is not a key). Looping
 each program over several row tiles (software-pipelined loads) measured no faster: the kernel is
 instruction-bound, not waiting on memory.
@@ -18,33 +18,43 @@ import torch
 import triton
 import triton.language as tl
 
+TWO_POW_M126 = tl.constexpr(2.0**-126)  # moves q < 1 into the fp32 subnormals, where the step is e2m1's 0.5
+
 
 @triton.jit
-def e2m1_codes(ax, s, gs, g):
-    """e2m1 magnitude codes (int32 0..7) of RNE(ax * g / s), exactly, ties to the even code.
+def e2m1_codes(ax, gs, g_k, s_k, lim):
+    """e2m1 magnitude codes (int32 0..lim) of RNE(ax * g / s), exactly, ties to the even code.
 
-    ax fp32 >= 0, s the decoded block scale (fp32 > 0, broadcast), gs ~ g / s (any rounding), g the
-    global encode scale. An
-    approximate quotient q only picks the grid interval [v_c, v_c+1) holding it (any error well under a
-    quarter interval does); the one midpoint m of that interval then decides, exactly: m * s is exact in
-    fp32 (at most 3 + 4 significant bits), and fma(ax, g, -m s) rounds the exact ax g - m s once, so its
-    sign and zero are those of the exact difference. (If q lands in a neighbouring interval, the exact
-    value sits on q's side of its own midpoint, and the test gives the same code.) The interval comes
-    from float bits: for q >= 1 the e2m1 grid is the floats with one mantissa bit, so bits >> 22 index
-    it; q < 1 is shifted into [1, 2) by adding 1, where that grid has the 0.5 step of e2m1's subnormals.
+    ax fp32 >= 0; gs ~ g / s (any rounding); g_k = g 2^-k and s_k = s 2^(126-k), both exact
+    (`decision_scales`); lim 7, or 0 for a block that stores zeros.
+    An approximate quotient q = ax gs only picks the grid interval [v_c, v_c+1) holding it (any error
+    well under a quarter interval does); the one midpoint m of that interval then decides, exactly.
+    - Interval: with q scaled by 2^-126, the e2m1 grid is every fp32 value with one mantissa bit (q >= 1)
+      plus the subnormals' 0.5 steps (q < 1), so the code is the float's bits >> 22, with no branch.
+    - Midpoint: the bits (c << 22) + 2^21 are m 2^-126, and m 2^-126 * s_k = m s 2^-k is exact (at most
+      3 + 4 significant bits, a normal float), so fma(ax, g_k, -m s 2^-k) rounds the exact
+      (ax g - m s) 2^-k once: its sign and zero are those of the exact difference. If q lands in a
+      neighbouring interval, the exact value sits on q's side of that interval's midpoint, and the test
+      gives the same code.
+    - Round up where d > 0, or d == 0 (a tie) and the lower code c is odd. An exact zero from fma is +0,
+      so on d's int32 bits that is bits + (c & 1) - 1 >= 0; c & 1 is bit 22 of q's bits, and adding it
+      unshifted (2^22) keeps every negative d negative.
     Seven threshold tests (the exact codec's way) cost three times the instructions.
     """
-    q = ax * gs
-    low = q < 1.0
-    shift = tl.where(low, 1.0, 0.0)
-    u = (q + shift).to(tl.int32, bitcast=True)
-    mid = ((u & -4194304) | 0x200000).to(tl.float32, bitcast=True) - shift  # keep exponent + 1 mantissa bit
-    code = (u >> 22) - tl.where(low, 254, 252)
-    d = tl.math.fma(ax, g, -(mid * s))
-    # round up where d > 0, or d == 0 (a tie) and the lower code is odd. An exact zero from fma is +0,
-    # so on d's int32 bits: d > 0 <=> bits >= 1, d >= 0 <=> bits >= 0.
-    up = (d.to(tl.int32, bitcast=True) + (code & 1)) > 0
-    return tl.minimum(code + up.to(tl.int32), 7)
+    u = ((ax * gs) * TWO_POW_M126).to(tl.int32, bitcast=True)
+    code = u >> 22
+    mid = ((code << 22) + 0x200000).to(tl.float32, bitcast=True)
+    d = tl.math.fma(ax, g_k, -(mid * s_k))
+    x = d.to(tl.int32, bitcast=True) + (u & 0x400000) - 1
+    return tl.minimum(code + 1 + (x >> 31), lim)
+
+
+@triton.jit
+def decision_scales(g, s):
+    """(g 2^-k, s 2^(126-k)) for `e2m1_codes`, both exact: k = 7 unless g < 2^-120, then lower. A smaller
+    g bounds s (s <= amax g / 6 with amax < 2^128), so s 2^(126-k) stays finite, and g 2^-k stays normal."""
+    k = tl.minimum(tl.maximum(((g.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 1, 0), 7)
+    return g * ((127 - k) << 23).to(tl.float32, bitcast=True), s * ((253 - k) << 23).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -65,12 +75,16 @@ def quantize_tile(w, g, BM: tl.constexpr, BK: tl.constexpr):
     s_val = s8.to(tl.float32)
     usable = (s_val > 0) & (~bad)
     s_blk = tl.where(usable, s_val, 1.0)
-    s_w, gs_w = _per_word(s_blk, BM, BK), _per_word(g / s_blk, BM, BK)
-    lo = e2m1_codes(ax_lo, s_w, gs_w, g)
-    hi = e2m1_codes(ax_hi, s_w, gs_w, g)
-    # the sign bits (bf16 bits 15 and 31) go straight to the byte's bits 3 and 7; unusable blocks store 0
-    byte = lo | (hi << 4) | ((w >> 12) & 0x8) | ((w >> 24) & 0x80)
-    return (byte & _per_word(tl.where(usable, 0xFF, 0), BM, BK)).to(tl.uint8), s_bytes
+    g_k, s_k = decision_scales(g, s_blk)
+    s_w, gs_w = _per_word(s_k, BM, BK), _per_word(g / s_blk, BM, BK)
+    lim = _per_word(tl.where(usable, 7, 0), BM, BK)  # blocks that store zeros: codes clamp to 0
+    lo = e2m1_codes(ax_lo, gs_w, g_k, s_w, lim)
+    hi = e2m1_codes(ax_hi, gs_w, g_k, s_w, lim)
+    # the sign bits (bf16 bits 15 and 31) go to bits 3 and 19, 19 to the byte's bit 7 by the second shift;
+    # what lands above bit 7 is cut by the uint8 cast; unusable blocks keep no sign (-0.0 of a usable
+    # block keeps code 8)
+    sg = (w >> 12) & _per_word(tl.where(usable, 0x80008, 0), BM, BK)
+    return (lo + (hi << 4) | sg | (sg >> 12)).to(tl.uint8), s_bytes
 
 
 @triton.jit
