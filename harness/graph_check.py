@@ -95,12 +95,18 @@ def check_op(name: str, fn: Callable, static: list[torch.Tensor], fresh: list[li
 
 def moe_graph_checks(backend, ckpt, layer: int, tokens: int, seed: int) -> list[GraphResult]:
     """Each MoE fine op the backend has, and its moe_forward, captured on the layer's real weights."""
-    from fp4check.kernels.emulated import moe as emu
-    from fp4check.kernels.registry import provides
-    from fp4check.moe_check import MoECheck, prepare
+    from fp4check.moe_check import MoECheck, backend_weights, prepare
 
     truth = prepare(ckpt, MoECheck("graph", ("out",), layer, "natural", tokens, seed))
-    w, plan, e = _cuda(truth.weights), _cuda(truth.plan), truth.emulated
+    with backend_weights(backend, _cuda(truth.weights)) as w:  # as the backend lays them out at load
+        return _graph_cases(backend, truth, w, seed)
+
+
+def _graph_cases(backend, truth, w, seed: int) -> list[GraphResult]:
+    from fp4check.kernels.emulated import moe as emu
+    from fp4check.kernels.registry import provides
+
+    plan, e = _cuda(truth.plan), truth.emulated
     g = torch.Generator().manual_seed(seed + 1)
 
     def like(t: torch.Tensor) -> torch.Tensor:

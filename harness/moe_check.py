@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -206,6 +208,24 @@ def _timed(fn, *args):
     return out, time.perf_counter() - t0
 
 
+@contextmanager
+def backend_weights(backend, w: MoEWeights) -> Iterator[MoEWeights]:
+    """w with its experts as the backend's prepare_weights lays them out (where it has one), restored on
+    exit: a prepare may reorder the tensors in place, and the reference and emulated paths read them."""
+    if not provides(backend, "prepare_weights"):
+        yield w
+        return
+    done = []
+    try:
+        for b in (w.w13, w.w2):
+            done.append(backend.prepare_weights(b))
+        yield replace(w, w13=done[0], w2=done[1])
+    finally:
+        if provides(backend, "restore_weights"):
+            for b in reversed(done):
+                backend.restore_weights(b)
+
+
 def run_isolated(backend, stage: str, truth: _Truth):
     """(output, plan it is laid out in, seconds) of the backend's fine op on the emulated upstream."""
     w, e, plan = truth.weights, truth.emulated, truth.plan
@@ -311,6 +331,15 @@ def moe_rows(ckpt: Checkpoint, backend, c: MoECheck, thresholds: Thresholds, ctx
             except LookupError as err:
                 rows.append(skip_row(base, f"L{c.layer}.moe.{stage}", stage, str(err), against, mode))
 
+    with backend_weights(backend, truth.weights) as bw:
+        _backend_rows(backend, c, replace(truth, weights=bw), rows, base, emit)
+    if c.scenario == "ep-rank" and "combine" in c.stages:
+        rows.append(ep_sum_row(ckpt, backend, c, thresholds, base, truth))
+    return rows
+
+
+def _backend_rows(backend, c: MoECheck, truth: _Truth, rows: list[dict], base: dict, emit) -> None:
+    """The backend's isolated and propagated runs of one check, each stage handed to emit."""
     if c.isolated:
         for stage in c.stages:
             if stage in ("out",):
@@ -376,9 +405,6 @@ def moe_rows(ckpt: Checkpoint, backend, c: MoECheck, thresholds: Thresholds, ctx
                         "propagated",
                     )
                 )
-    if c.scenario == "ep-rank" and "combine" in c.stages:
-        rows.append(ep_sum_row(ckpt, backend, c, thresholds, base, truth))
-    return rows
 
 
 def _shape(x) -> str:

@@ -14,6 +14,11 @@ Fine ops (the MoE pipeline of a CUTLASS/CuTeDSL NVFP4 runner):
   grouped_gemm_nvfp4(a: NVFP4Activation, b: GroupedNVFP4, offsets int64 [E+1]) -> bf16 [P, N]
       rows offsets[e]..offsets[e+1] of `a` times expert e's weight; fp32 accumulation; epilogue
       alpha = a.global_scale decode x b.global_scale[e, group] (w1 and w3 halves of w13 may differ).
+      `b` is what the backend's prepare_weights returned where it has one, else the checkpoint layout.
+  prepare_weights(b: GroupedNVFP4) -> GroupedNVFP4        optional, once per weight before the GEMMs
+      a runner's process-weights-after-loading step (move, repack, shuffle), its result tagged with
+      the backend's own `layout`; it may reorder b's storage in place (no second copy of the experts),
+      so the harness then calls restore_weights(prepared) (optional) before it reads b again.
   swiglu_clamp(gate_up bf16 [P, 2I], limit float | None) -> bf16 [P, I]   silu(min(g, L)) * clamp(u, -L, L)
   swiglu_quantize(gate_up, limit, global_scale: EncodeScale) -> (act bf16 [P, I], NVFP4Activation)
       optional, a fused SwiGLU + L2 requantization: the pipeline calls it in place of swiglu_clamp then
@@ -50,7 +55,7 @@ import torch
 
 from fp4check.references.nvfp4 import DecodeScale, EncodeScale
 
-CONTRACT_VERSION = "1.2"  # 1.2: the optional fused swiglu_quantize
+CONTRACT_VERSION = "1.3"  # 1.2: the optional fused swiglu_quantize; 1.3: prepare/restore_weights
 FINE_OPS = ("router", "nvfp4_quantize", "grouped_gemm_nvfp4", "swiglu_clamp", "moe_scatter", "shared_expert")
 ATTENTION_OPS = (
     "attn_q",
@@ -106,11 +111,13 @@ class NVFP4Activation:
 @dataclass
 class GroupedNVFP4:
     """Expert weights [E, N, K] in NVFP4: packed [E, N, K/2], linear scales [E, N, K/16], global decode
-    scales [E, G] for G column groups of equal width (G = 2 for w13: the w1 rows then the w3 rows)."""
+    scales [E, G] for G column groups of equal width (G = 2 for w13: the w1 rows then the w3 rows).
+    `layout` "rows" is that, row-major as stored; a backend's prepare_weights names its own."""
 
     packed: torch.Tensor
     scales: torch.Tensor
     global_scale: DecodeScale
+    layout: str = "rows"
 
 
 @dataclass

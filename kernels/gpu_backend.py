@@ -50,6 +50,7 @@ class GpuKernelBackend(EmulatedBackend):
 
     @classmethod
     def grouped_gemm_nvfp4(cls, a: NVFP4Activation, b: GroupedNVFP4, offsets: torch.Tensor) -> torch.Tensor:
+        layout = {} if b.layout == "rows" else {"layout": b.layout}  # only a backend's own prepare tags others
         out = cls.gemm_kernel(
             to_cuda(a.packed),
             to_cuda(a.scales.view(torch.uint8)),
@@ -58,6 +59,7 @@ class GpuKernelBackend(EmulatedBackend):
             to_cuda(b.scales.view(torch.uint8)),
             to_cuda(b.global_scale.value),
             to_cuda(offsets),
+            **layout,
         )
         return out.to(a.packed.device)
 

@@ -5,12 +5,13 @@ import time
 
 import torch
 
-from fp4check.kernels.contract import MoEOutput
+from fp4check.kernels.contract import GroupedNVFP4, MoEOutput
 from fp4check.kernels.emulated import EmulatedBackend
 from fp4check.kernels.emulated import kv_cache as kvc
 from fp4check.kernels.emulated import moe as emu
 from fp4check.kernels.emulated.faults import drop_rows_past
 from fp4check.kernels.registry import Needs
+from fp4check.kernels.triton.weight_tiles import tile_, untile_
 
 
 class NoClamp(EmulatedBackend):
@@ -69,6 +70,39 @@ class NanGemm(EmulatedBackend):
         out = emu.grouped_gemm_nvfp4(a, b, offsets)
         out[0, 0] = float("nan")
         return out
+
+
+class TiledWeights(EmulatedBackend):
+    """A runner that reorders its expert weights at load (the triton backend's layout, in place, on the CPU)
+    and reads them back in its GEMM: the checks must hand it the prepared weights and restore them after."""
+
+    name = "tiled-weights"
+
+    @staticmethod
+    def prepare_weights(b):
+        tile_(b.packed, b.scales)
+        return GroupedNVFP4(b.packed, b.scales, b.global_scale, "test-tiled")
+
+    @staticmethod
+    def restore_weights(prepared):
+        untile_(prepared.packed, prepared.scales)
+
+    @staticmethod
+    def grouped_gemm_nvfp4(a, b, offsets):
+        assert b.layout == "test-tiled", f"got weights laid out as {b.layout}"
+        packed, scales = b.packed.clone(), b.scales.clone()
+        untile_(packed, scales)
+        return emu.grouped_gemm_nvfp4(a, GroupedNVFP4(packed, scales, b.global_scale), offsets)
+
+
+class ForgetsItsLayout(TiledWeights):
+    """Seeds-style load-time bug: the weights are reordered after loading, the GEMM reads them as rows."""
+
+    name = "forgets-its-layout"
+
+    @staticmethod
+    def grouped_gemm_nvfp4(a, b, offsets):
+        return emu.grouped_gemm_nvfp4(a, GroupedNVFP4(b.packed, b.scales, b.global_scale), offsets)
 
 
 class ReadsPastTheWrite(EmulatedBackend):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import run_cli
 
+from fp4check.kernels.contract import GroupedNVFP4
 from fp4check.kernels.registry import load_backend
 
 GPU_BACKENDS = ("triton", "cutedsl")
@@ -340,6 +341,23 @@ def test_grouped_gemm_ptx_decode_equals_the_plain_op_decode(triton_backend):
     fast, plain = grouped_gemm(*args), grouped_gemm(*args, decode_asm=False)
     assert fast.abs().amax() > 0 and not fast.isnan().any()
     assert torch.equal(fast, plain)
+
+
+def test_prepared_weights_give_the_same_bits_and_restore_in_place(triton_backend):
+    """prepare_weights reorders GPU weights in place (weight_tiles); the GEMM on them is bit-equal to the
+    GEMM on the rows (the same values into the same MMAs), and restore_weights gives back every byte."""
+    a, b, offsets = _moe_operands(5, 384, 1024, [130, 0, 5, 200, 64], 2, seed=4)
+    gpu = GroupedNVFP4(b.packed.cuda(), b.scales.cuda(), type(b.global_scale)(b.global_scale.value.cuda()))
+    rows = triton_backend.grouped_gemm_nvfp4(a, gpu, offsets)
+    prepared = triton_backend.prepare_weights(gpu)
+    assert prepared.layout != "rows" and prepared.packed.data_ptr() == gpu.packed.data_ptr()  # no copy
+    assert not torch.equal(gpu.packed.cpu(), b.packed)
+    tiled = triton_backend.grouped_gemm_nvfp4(a, prepared, offsets)
+    assert rows.abs().amax() > 0 and not rows.isnan().any()
+    assert torch.equal(tiled, rows)
+    triton_backend.restore_weights(prepared)
+    assert torch.equal(gpu.packed.cpu(), b.packed)
+    assert torch.equal(gpu.scales.view(torch.uint8).cpu(), b.scales.view(torch.uint8))
 
 
 @pytest.mark.parametrize("limit", [None, 7.0])

@@ -76,6 +76,7 @@ def test_reference_backend_is_exactly_the_reference(tiny_modelopt):
         ("SharedW1Scale", "l1", "quant_l1"),
         ("ZeroGemm", "l1", "act"),
         ("NanGemm", "l1", "quant_l1"),
+        ("ForgetsItsLayout", "l1", "quant_l1"),
     ],
 )
 def test_broken_backends_fail_the_right_stage(tiny_modelopt, spec, failing, passing):
@@ -96,6 +97,16 @@ def test_broken_backends_fail_the_right_stage(tiny_modelopt, spec, failing, pass
     assert _status(rows, passing, "emulated", "isolated") <= {"pass", "skip"}  # upstream of the bug, in isolation
     if spec in ("ZeroGemm", "NanGemm"):  # an all-zero or NaN output fails every comparison
         assert _status(rows, "l1", "reference", "isolated") == {"fail"}
+
+
+def test_a_backend_gets_the_weights_its_prepare_laid_out(tiny_modelopt):
+    """prepare_weights reorders the experts in place; the GEMM must see that layout (it asserts so), and
+    every stage passes, isolated and propagated (ForgetsItsLayout above is the same runner reading rows)."""
+    r = run_cli("kernel", "moe", "--scenario", "skewed", "--backend", f"{SUPPORT}:TiledWeights",
+                "--checkpoint", str(tiny_modelopt), "--json")  # fmt: skip
+    rows = _rows(r)["rows"]
+    assert r.exit_code == 0, [(x["stage"], x["status"], x.get("message")) for x in rows if x["status"] != "pass"]
+    assert _status(rows, "l1", "emulated") == _status(rows, "l2", "emulated") == {"pass"}
 
 
 def test_gates_are_tunable(tiny_modelopt, tmp_path):

@@ -110,6 +110,16 @@ def _gemm_case(op: str, shape, tokens: int, topk: int, routing: str, seed: int, 
     return inputs, rows, useful, counts
 
 
+def _tiled_inputs(inputs: list[tuple]) -> list[tuple]:
+    """The GEMM inputs with one reordered copy of the weights (what the triton backend's prepare_weights
+    makes once per weight), shared by every input set as the weights are."""
+    from fp4check.kernels.triton.weight_tiles import tile_
+
+    packed, scales = inputs[0][3].clone(), inputs[0][4].clone()
+    tile_(packed, scales)
+    return [(*i[:3], packed, scales, *i[5:]) for i in inputs]
+
+
 def _dequant_weights(b_packed, b_scales, b_global):
     """The alternative a user would pick first: every expert's weight to bf16 with torch ops (an expert
     at a time: the float32 intermediates of all 384 at once would not fit)."""
@@ -283,13 +293,26 @@ def bench(op, shape, tokens, topk, routing, backend, runs, seed, csv_path, as_js
             raise InputError(f"bench {op} times a triton kernel; use --backend triton")
         rows_out += _bandwidth_rows(op, shape, seed, runs, bw, common)
     else:
+        from fp4check.kernels.triton.weight_tiles import tileable
+
         e, n, k = PRO[op] if shape is None else tuple(int(v) for v in shape.split(","))
         inputs, rows, useful, counts = _gemm_case(op, (e, n, k), tokens, topk, routing, seed, 2, kernels[backend][0])
         shape_s = f"E{e} N{n} K{k} T{tokens} top{topk} {routing} rows{rows}"
-        variants = [(f"{b} {mode}", kernels[b][1], mode == "graph", b) for b in timed for mode in ("eager", "graph")]
-        if "triton" in timed:  # what the inline-PTX weight decode buys, same kernel otherwise
-            plain = functools.partial(kernels["triton"][1], decode_asm=False)
-            variants.append(("triton eager, plain-op weight decode", plain, False, "triton"))
+        # the triton GEMM reads the weights as its backend's prepare_weights lays them out at load (a copy
+        # here: the rows stay for the other variants)
+        tiled = _tiled_inputs(inputs) if "triton" in timed and tileable(n, k) else None
+        variants = []
+        for b in timed:
+            fn, ins = kernels[b][1], inputs
+            if b == "triton" and tiled:
+                fn, ins = functools.partial(fn, tiled=True), tiled
+            variants += [(f"{b} {mode}", fn, mode == "graph", b, ins) for mode in ("eager", "graph")]
+        if "triton" in timed:
+            gemm = kernels["triton"][1]
+            variants.append(("triton eager, weights as stored (no prepare_weights)", gemm, False, "triton", inputs))
+            # what the inline-PTX weight decode buys, same kernel otherwise
+            plain = functools.partial(gemm, decode_asm=False, tiled=bool(tiled))
+            variants.append(("triton eager, plain-op weight decode", plain, False, "triton", tiled or inputs))
         try:
             w16 = _dequant_weights(*inputs[0][3:6])
             acts = [(_dequant_act(ap, asc, dec, rows, k), w16, off) for ap, asc, dec, _, _, _, off in inputs]
@@ -297,13 +320,13 @@ def bench(op, shape, tokens, topk, routing, backend, runs, seed, csv_path, as_js
             def alt_full(ap, asc, dec, bp, bs, bg, off):
                 return _torch_grouped(_dequant_act(ap, asc, dec, rows, k), _dequant_weights(bp, bs, bg), off)
 
-            variants.append(("dequantize + torch grouped_mm (alternative)", alt_full, False, None))
+            variants.append(("dequantize + torch grouped_mm (alternative)", alt_full, False, None, inputs))
             t_w16 = time_op(_torch_grouped, acts, runs)
             del acts, w16  # 4x the packed weights: free them before the per-call dequantization
         except torch.OutOfMemoryError:
             t_w16 = None
-        for label, fn, graph, owner in variants:
-            t = time_op(fn, inputs, runs, graph=graph)
+        for label, fn, graph, owner, ins in variants:
+            t = time_op(fn, ins, runs, graph=graph)
             tf = useful / (t.median_us * 1e-6)
             rows_out.append(
                 {

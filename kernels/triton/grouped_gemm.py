@@ -21,8 +21,12 @@ for few rows and decoding, not the MMA, sets the pace):
   as do tiles past offsets[-1] (a plan sized before routing); both write acc x alpha = 0. The flags come
   from the A pass, the tile -> expert map from offsets, both on the GPU: no host sync, so the launch can
   be captured in a CUDA graph.
-A Gluon main loop that ran the decode beside asynchronous wgmma was measured slower (loads bound it, not
-the decode: bench/results/h100_gemm_wgmma_probe_20261122.txt), so this kernel stays the one main loop.
+- The weight stream sets the pace more than the decode: a Gluon main loop that ran the decode beside
+  asynchronous wgmma was slower (its loads alone took most of its time:
+  bench/results/h100_gemm_wgmma_probe_20261122.txt), and the same kernel reading weights reordered once
+  so that each 64-row group's K step is one 4 KB block (`weight_tiles`, TILED) takes 23-28% less
+  time on the H100.
+  The backend's `prepare_weights` makes that layout; row-major weights still work (TILED=False).
 `DECODE_ASM=False` decodes with plain Triton ops into the same planes: that path runs in Triton's CPU
 interpreter, which has no inline assembly, and the GPU test holds the two paths bit-equal.
 """
@@ -137,6 +141,7 @@ def _gemm_kernel(
     BT: tl.constexpr,
     SWAP: tl.constexpr,
     DECODE_ASM: tl.constexpr,
+    TILED: tl.constexpr,
 ):
     pid_n = tl.program_id(0)  # N tiles vary fastest: neighbours share the expert's A tile in L2
     pid_t = tl.program_id(1)
@@ -149,8 +154,19 @@ def _gemm_kernel(
     n = pid_n * BN + tl.arange(0, BN)
     t = pid_t * BT + tl.arange(0, BT)
     nmask = n[:, None] < N
-    b_rows = b_ptr + e.to(tl.int64) * N * (K // 2) + n[:, None].to(tl.int64) * (K // 2)
-    s_rows = bs_ptr + e.to(tl.int64) * N * (K // 16) + n[:, None].to(tl.int64) * (K // 16)
+    b_rows = b_ptr + e.to(tl.int64) * N * (K // 2)
+    s_rows = bs_ptr + e.to(tl.int64) * N * (K // 16)
+    if TILED:  # weight_tiles: per 64-row group [K/KC, 64, KC/2] codes and [K/KC, 64, KC/16] scales
+        group = (n[:, None] // 64).to(tl.int64) * (K // KC)
+        b_rows += group * (64 * KC // 2) + (n[:, None] % 64) * (KC // 2)
+        s_rows += group * (64 * KC // 16) + (n[:, None] % 64) * (KC // 16)
+        b_step: tl.constexpr = 64 * KC // 2
+        s_step: tl.constexpr = 64 * KC // 16
+    else:
+        b_rows += n[:, None].to(tl.int64) * (K // 2)
+        s_rows += n[:, None].to(tl.int64) * (K // 16)
+        b_step: tl.constexpr = KC // 2
+        s_step: tl.constexpr = KC // 16
     a_rows = a16_ptr + t[:, None].to(tl.int64) * K + tl.arange(0, KC // 2)[None, :]
     bcols = tl.arange(0, KC // 2)
     if SWAP:
@@ -158,8 +174,8 @@ def _gemm_kernel(
     else:
         acc = tl.zeros((BT, BN), dtype=tl.float32)
     for k0 in range(0, k_end, KC):
-        p = tl.load(b_rows + k0 // 2 + bcols[None, :], mask=nmask, other=0)
-        s = tl.load(s_rows + k0 // 16 + tl.arange(0, KC // 16)[None, :], mask=nmask, other=0)
+        p = tl.load(b_rows + (k0 // KC) * b_step + bcols[None, :], mask=nmask, other=0)
+        s = tl.load(s_rows + (k0 // KC) * s_step + tl.arange(0, KC // 16)[None, :], mask=nmask, other=0)
         s = s.to(tl.float8e4nv, bitcast=True).to(tl.float32)  # [BN, KC/16]: scale work before the broadcast
         if DECODE_ASM:
             s = _per_byte((s * TWO_POW_118).to(tl.bfloat16), BN)
@@ -195,15 +211,19 @@ def grouped_gemm(
     b_global_decode: torch.Tensor,
     offsets: torch.Tensor,
     decode_asm: bool = True,
+    tiled: bool = False,
 ) -> torch.Tensor:
     """bf16 [P, N]. a_packed uint8 [P, K/2], a_scales uint8 swizzled, b_packed uint8 [E, N, K/2], b_scales
-    uint8 [E, N, K/16], b_global_decode fp32 [E, G], offsets int64 [E+1] (multiples of 128, offsets[-1] = P).
-    Rows past offsets[-1] are written as zeros."""
+    uint8 [E, N, K/16] (row-major, or reordered by `weight_tiles.tile_` where tiled), b_global_decode fp32
+    [E, G], offsets int64 [E+1] (multiples of 128, offsets[-1] = P). Rows past offsets[-1] are written as
+    zeros."""
     rows, half_k = a_packed.shape
     k = half_k * 2
     e, n, _ = b_packed.shape
     if k % K_STEP or rows % 128:
         raise ValueError(f"the Triton grouped GEMM takes K a multiple of {K_STEP} and rows of 128, got {rows}x{k}")
+    if tiled and n % 64:
+        raise ValueError(f"tiled weights need N a multiple of 64, got {n}")
     groups = b_global_decode.shape[-1] if b_global_decode.dim() > 1 else 1
     out = torch.empty(rows, n, dtype=torch.bfloat16, device=a_packed.device)
     cp = -(-(k // 16) // 4) * 4
@@ -226,6 +246,7 @@ def grouped_gemm(
         groups,
         n // groups,
         DECODE_ASM=decode_asm,
+        TILED=tiled,
     )
     return out
 
