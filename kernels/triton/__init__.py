@@ -51,7 +51,7 @@ class TritonBackend(GpuKernelBackend):
             return b
         packed, scales = to_cuda(b.packed), to_cuda(b.scales)
         gs = to_device(b.global_scale, "cuda")
-        e, n, half_k = packed.shape
+        _, n, half_k = packed.shape
         if not weight_tiles.tileable(n, half_k * 2):
             return GroupedNVFP4(packed, scales, gs)
         weight_tiles.tile_(packed, scales)
