@@ -91,18 +91,19 @@ def _decode_ops(packed, scale):
 
 
 @triton.jit
-def _prep_a_kernel(a_ptr, as_ptr, out_ptr, live_ptr, K, col_tiles):
+def _prep_a_kernel(a_ptr, as_ptr, out_ptr, live_ptr, K, col_tiles, WRITE: tl.constexpr = True):
     """A [64 rows, KC] to bf16 in the nibble-split order (per KC: the even columns, then the odd ones),
     and the 64-row tile's live flag: any non-zero scale byte (a row of zero scales decodes to zeros)."""
     r = tl.program_id(0) * 64 + tl.arange(0, 64)
     k0 = tl.program_id(1) * KC
     cols = k0 // 2 + tl.arange(0, KC // 2)
-    p = tl.load(a_ptr + r[:, None].to(tl.int64) * (K // 2) + cols[None, :])
     s_bytes = tl.load(as_ptr + swizzled_offsets(r, k0 // 16 + tl.arange(0, KC // 16), col_tiles))
-    lo, hi = _decode_ops(p, _per_byte(s_bytes.to(tl.float8e4nv, bitcast=True).to(tl.float32), 64))
-    base = out_ptr + r[:, None].to(tl.int64) * K + k0 + tl.arange(0, KC // 2)[None, :]
-    tl.store(base, lo)
-    tl.store(base + KC // 2, hi)
+    if WRITE:
+        p = tl.load(a_ptr + r[:, None].to(tl.int64) * (K // 2) + cols[None, :])
+        lo, hi = _decode_ops(p, _per_byte(s_bytes.to(tl.float8e4nv, bitcast=True).to(tl.float32), 64))
+        base = out_ptr + r[:, None].to(tl.int64) * K + k0 + tl.arange(0, KC // 2)[None, :]
+        tl.store(base, lo)
+        tl.store(base + KC // 2, hi)
     tl.atomic_max(live_ptr + tl.program_id(0), tl.max(tl.max(s_bytes, axis=1), axis=0).to(tl.int32))
 
 
@@ -142,6 +143,11 @@ def _gemm_kernel(
     SWAP: tl.constexpr,
     DECODE_ASM: tl.constexpr,
     TILED: tl.constexpr,
+    ONE_DOT: tl.constexpr = False,
+    A_PACKED: tl.constexpr = False,
+    ap_ptr=None,
+    as_ptr=None,
+    a_col_tiles=0,
 ):
     pid_n = tl.program_id(0)  # N tiles vary fastest: neighbours share the expert's A tile in L2
     pid_t = tl.program_id(1)
@@ -168,6 +174,9 @@ def _gemm_kernel(
         b_step: tl.constexpr = KC // 2
         s_step: tl.constexpr = KC // 16
     a_rows = a16_ptr + t[:, None].to(tl.int64) * K + tl.arange(0, KC // 2)[None, :]
+    if A_PACKED:
+        ap_rows = ap_ptr + t[:, None].to(tl.int64) * (K // 2) + tl.arange(0, KC // 2)[None, :]
+    a_rows2 = a16_ptr + t[:, None].to(tl.int64) * K + tl.arange(0, KC)[None, :]
     bcols = tl.arange(0, KC // 2)
     if SWAP:
         acc = tl.zeros((BN, BT), dtype=tl.float32)
@@ -184,16 +193,41 @@ def _gemm_kernel(
             )
         else:
             w_lo, w_hi = _decode_ops(p, _per_byte(s * (1.0 / EPILOGUE_GAIN), BN))
-        a_lo = tl.load(a_rows + k0)
-        a_hi = tl.load(a_rows + k0 + KC // 2)
-        if SWAP:
+        if A_PACKED:
+            pa = tl.load(ap_rows + k0 // 2)
+            sa = tl.load(as_ptr + swizzled_offsets(t, k0 // 16 + tl.arange(0, KC // 16), a_col_tiles))
+            sa = sa.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+            if DECODE_ASM:
+                sa = _per_byte((sa * TWO_POW_118).to(tl.bfloat16), BT)
+                a_lo, a_hi = tl.inline_asm_elementwise(
+                    _DECODE_PTX, "=r,=r,=r,=r,r,r,r", [pa, sa], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4
+                )
+            else:
+                a_lo, a_hi = _decode_ops(pa, _per_byte(sa * (1.0 / EPILOGUE_GAIN), BT))
+            a = tl.reshape(tl.permute(tl.join(a_lo, a_hi), (0, 2, 1)), (BT, KC))
+            w = tl.reshape(tl.permute(tl.join(w_lo, w_hi), (0, 2, 1)), (BN, KC))
+            acc = tl.dot(a, tl.trans(w), acc)
+        elif ONE_DOT:
+            a = tl.load(a_rows2 + k0)
+            w = tl.reshape(tl.permute(tl.join(w_lo, w_hi), (0, 2, 1)), (BN, KC))
+            if SWAP:
+                acc = tl.dot(w, tl.trans(a), acc)
+            else:
+                acc = tl.dot(a, tl.trans(w), acc)
+        elif SWAP:
+            a_lo = tl.load(a_rows + k0)
+            a_hi = tl.load(a_rows + k0 + KC // 2)
             acc = tl.dot(w_lo, tl.trans(a_lo), acc)
             acc = tl.dot(w_hi, tl.trans(a_hi), acc)
         else:
+            a_lo = tl.load(a_rows + k0)
+            a_hi = tl.load(a_rows + k0 + KC // 2)
             acc = tl.dot(a_lo, tl.trans(w_lo), acc)
             acc = tl.dot(a_hi, tl.trans(w_hi), acc)
     group = n // n_per_group
     alpha = tl.load(ag_ptr) * tl.load(bg_ptr + e * groups + group, mask=n < N, other=0.0) * EPILOGUE_GAIN
+    if A_PACKED:
+        alpha = alpha * EPILOGUE_GAIN
     if SWAP:
         out = (acc * alpha[:, None]).to(tl.bfloat16)
         tl.store(out_ptr + t[None, :].to(tl.int64) * N + n[:, None], out, mask=nmask)
