@@ -2,8 +2,10 @@
 Pro MoE shapes, with the registers, shared memory and resident CTAs per SM of each compiled kernel.
 
 Usage (GPU machine, repository root): python3 bench/probe_gemm_configs.py [l1|l2] [uniform|skewed] [grid]
-Prints one line per config: median ms of 20 runs (L2 flushed, inputs rotated), useful TFLOP/s, cos
-against the first config's output.
+grid: "full" (every tile whose accumulator fits) or "pick:BN,BT,warps,stages;...". Prints one line per
+config: median ms of 20 runs (L2 flushed, inputs rotated), share of the bf16 matmul rate in useful flops,
+cos against the autotuned kernel's output. PROBE_ONCE=1 launches each config once and times nothing (for
+Nsight Compute: ncu -k regex:_gemm_kernel ... python3 bench/probe_gemm_configs.py ...).
 """
 
 from __future__ import annotations
@@ -27,8 +29,7 @@ REGS_PER_SM = 65536
 
 
 def launcher(cfg: dict):
-    bn, bt, swap, warps, stages, one = cfg["BN"], cfg["BT"], cfg["SWAP"], cfg["W"], cfg["S"], cfg["ONE"]
-    apk = cfg.get("AP", False)
+    bn, bt, warps, stages = cfg["BN"], cfg["BT"], cfg["W"], cfg["S"]
     info = {}
 
     def run(ap, asc, dec, bp, bs, bg, offsets):
@@ -38,14 +39,14 @@ def launcher(cfg: dict):
         groups = bg.shape[-1]
         out = torch.empty(rows, n, dtype=torch.bfloat16, device=ap.device)
         cp = -(-(k // 16) // 4) * 4
-        a16 = ap if apk else torch.empty(rows, k, dtype=torch.bfloat16, device=ap.device)
+        a16 = torch.empty(rows, k, dtype=torch.bfloat16, device=ap.device)
         live = torch.zeros(rows // 64, dtype=torch.int32, device=ap.device)
-        gg._prep_a_kernel[(rows // 64, k // gg.K_STEP)](ap, asc, a16, live, k, cp // 4, WRITE=not apk, num_warps=4)
+        gg._prep_a_kernel[(rows // 64, k // gg.K_STEP)](ap, asc, a16, live, k, cp // 4, num_warps=4)
         c = gg._gemm_kernel.fn[(triton.cdiv(n, bn), rows // bt)](
             a16, live, bp, bs, bg.reshape(e, groups).float().contiguous(), dec.reshape(1).float(),
             tile_experts(offsets, rows).clamp(max=offsets.numel() - 2), offsets, offsets.numel() - 1, out,
-            n, k, groups, n // groups, BN=bn, BT=bt, SWAP=swap, DECODE_ASM=True, TILED=True, ONE_DOT=one,
-            A_PACKED=apk, ap_ptr=ap, as_ptr=asc, a_col_tiles=cp // 4, num_warps=warps, num_stages=stages,
+            n, k, groups, n // groups, BN=bn, BT=bt, DECODE_ASM=True, TILED=True, num_warps=warps,
+            num_stages=stages,
         )  # fmt: skip
         info["c"] = c
         return out
@@ -61,26 +62,17 @@ def occupancy(c, warps: int) -> tuple[int, int, int]:
 
 
 def grid(name: str) -> list[dict]:
+    """ "full": every tile whose fp32 accumulator fits in 128 registers a thread; "pick:BN,BT,W,S;...": those."""
+    if name == "full":
+        return [
+            dict(BN=bn, BT=bt, W=w, S=s)
+            for bn, bt, w, s in itertools.product((128, 256), (64, 128), (4, 8), (2, 3, 4))
+            if bn * bt // (32 * w) <= 128
+        ]
     cfgs = []
-    if name in ("full", "nonswap"):
-        for bn, bt, w, s, one in itertools.product((128, 256), (64, 128), (4, 8), (2, 3, 4), (False, True)):
-            if bn * bt // (32 * w) > 128:  # accumulator over 128 fp32 registers a thread: spills
-                continue
-            cfgs.append(dict(BN=bn, BT=bt, SWAP=False, W=w, S=s, ONE=one))
-    if name in ("full", "swap"):
-        for bn, w, s in itertools.product((64, 128, 256), (4, 8), (2, 3, 4)):
-            if bn * 64 // (32 * w) > 128:
-                continue
-            cfgs.append(dict(BN=bn, BT=64, SWAP=True, W=w, S=s, ONE=False))
-    if name in ("full", "apacked"):
-        for bn, bt, w, s in itertools.product((128, 256), (64, 128), (4, 8), (2, 3, 4)):
-            if bn * bt // (32 * w) > 128:
-                continue
-            cfgs.append(dict(BN=bn, BT=bt, SWAP=False, W=w, S=s, ONE=True, AP=True))
-    if name.startswith("pick:"):
-        for item in name[5:].split(";"):
-            bn, bt, swap, w, s, one, apk = (int(v) for v in item.split(","))
-            cfgs.append(dict(BN=bn, BT=bt, SWAP=bool(swap), W=w, S=s, ONE=bool(one), AP=bool(apk)))
+    for item in name.removeprefix("pick:").split(";"):
+        bn, bt, w, s = (int(v) for v in item.split(","))
+        cfgs.append(dict(BN=bn, BT=bt, W=w, S=s))
     return cfgs
 
 
@@ -119,8 +111,7 @@ def main() -> None:
         frac = useful / t.median_us / 1e6 / flops * 1e12
         results.append((t.median_us, cfg))
         print(
-            f"  BN{cfg['BN']} BT{cfg['BT']} {'swap' if cfg['SWAP'] else 'mn'} W{cfg['W']} S{cfg['S']} "
-            f"{'one' if cfg['ONE'] else 'two'}{' apacked' if cfg.get('AP') else ''}: "
+            f"  BN{cfg['BN']} BT{cfg['BT']} W{cfg['W']} S{cfg['S']}: "
             f"{t.median_us / 1e3:.3f} ms ({frac:.1%}) p10 {t.p10_us / 1e3:.3f} "
             f"p90 {t.p90_us / 1e3:.3f} cos {cos:.6f} regs {regs} smem {smem // 1024}K occ {occ} compile {comp:.1f}s",
             flush=True,

@@ -5,28 +5,31 @@ and alpha = S_dec(a) * S_dec(b)[expert, column group] in the epilogue (w1 and w3
 different global scales). Equal to the emulated backend up to fp32 accumulation order.
 
 Why it is shaped this way (MoE decode shapes: ~64 rows per expert, so every weight element is decoded
-for few rows and decoding, not the MMA, sets the pace):
-- Two orientations, autotuned with the tile: weights as the MMA's M side ("swap AB": C^T = W A^T), the
-  decoded weight tile feeding the tensor cores from registers, tokens the N side; or tokens as M, the
-  decoded tile staged through shared memory. At the Pro shapes on the H200 the second won with 128
-  tokens x 256 weight columns (fewer re-reads of A per weight byte decoded).
+for few rows):
+- Tokens are the MMA's M side and the decoded weight tile is staged through shared memory. The other
+  orientation ("swap AB", the decoded tile fed to wgmma from registers) and A decoded from packed NVFP4
+  inside the GEMM both measured slower at every tile on the H100
+  (bench/results/h100_gemm_tiles_probe_20261122d.txt).
 - The weight decode is about 3 instructions per element: inline PTX turns 4 packed bytes into 8 bf16
   with a byte permute, shifts and masks (e2m1 bits placed as bf16 subnormal/normal bits, i.e. the value
   x 2^-126) and one bf16x2 multiply by s_b x 2^118; the 2^-8 left over is given back in the epilogue
   (powers of two: exact). The values come out as two bf16 tiles, the low nibbles (even K) and the high
-  nibbles (odd K), with no interleave; the GEMM sums over K in any order, so A is stored once split the
-  same way (`_prep_a_kernel`, which decodes A to bf16 for every N tile) and each 128-wide K step is two
-  MMAs of K = 64.
+  nibbles (odd K); the GEMM sums over K in any order, so A is stored once split the same way
+  (`_prep_a_kernel`, which decodes A to bf16 for every N tile), and the two tiles are joined into one
+  [BN, 128] operand for one K = 128 dot per step.
 - 64-row token tiles with no non-zero A scale (the padding of experts with <= 64 rows) skip the K loop,
   as do tiles past offsets[-1] (a plan sized before routing); both write acc x alpha = 0. The flags come
   from the A pass, the tile -> expert map from offsets, both on the GPU: no host sync, so the launch can
   be captured in a CUDA graph.
-- The weight stream sets the pace more than the decode: a Gluon main loop that ran the decode beside
-  asynchronous wgmma was slower (its loads alone took most of its time:
-  bench/results/h100_gemm_wgmma_probe_20261122.txt), and the same kernel reading weights reordered once
-  so that each 64-row group's K step is one 4 KB block (`weight_tiles`, TILED) takes 23-28% less
-  time on the H100.
-  The backend's `prepare_weights` makes that layout; row-major weights still work (TILED=False).
+- Weights reordered once at load so that each 64-row group's K step is one 4 KB block (`weight_tiles`,
+  TILED; the backend's `prepare_weights`) take 23-28% less time on the H100 than row-major ones, which
+  still work (TILED=False).
+- What bounds it (Nsight Compute on the H100, same file): one CTA of 8 warps per SM runs every step's
+  load, decode, shared-memory store and MMA in sequence (Triton waits for the wgmma before the next
+  decode), and its warps spend 43-48% of their cycles at CTA barriers; no unit is saturated. The tensor
+  pipe is 51% busy, half of it on the padding rows of 128-row tiles; 64-row tiles skip that padding,
+  but each of their MMAs runs at about half speed, so they end up slower. Overlapping the decode with
+  the MMA needs producer and consumer warps, which `tl.dot` cannot express.
 `DECODE_ASM=False` decodes with plain Triton ops into the same planes: that path runs in Triton's CPU
 interpreter, which has no inline assembly, and the GPU test holds the two paths bit-equal.
 """
@@ -91,36 +94,34 @@ def _decode_ops(packed, scale):
 
 
 @triton.jit
-def _prep_a_kernel(a_ptr, as_ptr, out_ptr, live_ptr, K, col_tiles, WRITE: tl.constexpr = True):
+def _prep_a_kernel(a_ptr, as_ptr, out_ptr, live_ptr, K, col_tiles):
     """A [64 rows, KC] to bf16 in the nibble-split order (per KC: the even columns, then the odd ones),
     and the 64-row tile's live flag: any non-zero scale byte (a row of zero scales decodes to zeros)."""
     r = tl.program_id(0) * 64 + tl.arange(0, 64)
     k0 = tl.program_id(1) * KC
     cols = k0 // 2 + tl.arange(0, KC // 2)
+    p = tl.load(a_ptr + r[:, None].to(tl.int64) * (K // 2) + cols[None, :])
     s_bytes = tl.load(as_ptr + swizzled_offsets(r, k0 // 16 + tl.arange(0, KC // 16), col_tiles))
-    if WRITE:
-        p = tl.load(a_ptr + r[:, None].to(tl.int64) * (K // 2) + cols[None, :])
-        lo, hi = _decode_ops(p, _per_byte(s_bytes.to(tl.float8e4nv, bitcast=True).to(tl.float32), 64))
-        base = out_ptr + r[:, None].to(tl.int64) * K + k0 + tl.arange(0, KC // 2)[None, :]
-        tl.store(base, lo)
-        tl.store(base + KC // 2, hi)
+    lo, hi = _decode_ops(p, _per_byte(s_bytes.to(tl.float8e4nv, bitcast=True).to(tl.float32), 64))
+    base = out_ptr + r[:, None].to(tl.int64) * K + k0 + tl.arange(0, KC // 2)[None, :]
+    tl.store(base, lo)
+    tl.store(base + KC // 2, hi)
     tl.atomic_max(live_ptr + tl.program_id(0), tl.max(tl.max(s_bytes, axis=1), axis=0).to(tl.int32))
 
 
+# Tiles measured at the Pro shapes on the H100 (bench/results/h100_gemm_tiles_probe_20261122d.txt): the
+# first three are the best for L1, L2 and skewed routing, within 3% of one another (the autotuner's pick
+# among them varies from run to run); the others serve smaller shapes.
 @triton.autotune(
     configs=[
-        triton.Config({"BN": 128, "BT": 64, "SWAP": True}, num_warps=4, num_stages=4),
-        triton.Config({"BN": 128, "BT": 64, "SWAP": True}, num_warps=8, num_stages=3),
-        triton.Config({"BN": 128, "BT": 128, "SWAP": True}, num_warps=8, num_stages=3),
-        triton.Config({"BN": 256, "BT": 64, "SWAP": True}, num_warps=8, num_stages=3),
-        triton.Config({"BN": 64, "BT": 64, "SWAP": True}, num_warps=4, num_stages=4),
-        triton.Config({"BN": 128, "BT": 64, "SWAP": False}, num_warps=4, num_stages=4),
-        triton.Config({"BN": 256, "BT": 64, "SWAP": False}, num_warps=8, num_stages=3),
-        triton.Config({"BN": 128, "BT": 128, "SWAP": False}, num_warps=8, num_stages=3),
-        triton.Config({"BN": 128, "BT": 128, "SWAP": False}, num_warps=8, num_stages=4),
-        triton.Config({"BN": 256, "BT": 128, "SWAP": False}, num_warps=8, num_stages=3),
+        triton.Config({"BN": 256, "BT": 128}, num_warps=8, num_stages=3),
+        triton.Config({"BN": 128, "BT": 128}, num_warps=4, num_stages=2),
+        triton.Config({"BN": 128, "BT": 128}, num_warps=8, num_stages=2),
+        triton.Config({"BN": 128, "BT": 128}, num_warps=4, num_stages=4),
+        triton.Config({"BN": 128, "BT": 64}, num_warps=4, num_stages=3),
+        triton.Config({"BN": 128, "BT": 64}, num_warps=4, num_stages=2),
     ],
-    key=["N", "K"],
+    key=["N", "K", "TILED"],  # the best tile differs between the two weight layouts
 )
 @triton.jit
 def _gemm_kernel(
@@ -140,14 +141,8 @@ def _gemm_kernel(
     n_per_group,
     BN: tl.constexpr,
     BT: tl.constexpr,
-    SWAP: tl.constexpr,
     DECODE_ASM: tl.constexpr,
     TILED: tl.constexpr,
-    ONE_DOT: tl.constexpr = False,
-    A_PACKED: tl.constexpr = False,
-    ap_ptr=None,
-    as_ptr=None,
-    a_col_tiles=0,
 ):
     pid_n = tl.program_id(0)  # N tiles vary fastest: neighbours share the expert's A tile in L2
     pid_t = tl.program_id(1)
@@ -173,15 +168,9 @@ def _gemm_kernel(
         s_rows += n[:, None].to(tl.int64) * (K // 16)
         b_step: tl.constexpr = KC // 2
         s_step: tl.constexpr = KC // 16
-    a_rows = a16_ptr + t[:, None].to(tl.int64) * K + tl.arange(0, KC // 2)[None, :]
-    if A_PACKED:
-        ap_rows = ap_ptr + t[:, None].to(tl.int64) * (K // 2) + tl.arange(0, KC // 2)[None, :]
-    a_rows2 = a16_ptr + t[:, None].to(tl.int64) * K + tl.arange(0, KC)[None, :]
+    a_rows = a16_ptr + t[:, None].to(tl.int64) * K + tl.arange(0, KC)[None, :]
     bcols = tl.arange(0, KC // 2)
-    if SWAP:
-        acc = tl.zeros((BN, BT), dtype=tl.float32)
-    else:
-        acc = tl.zeros((BT, BN), dtype=tl.float32)
+    acc = tl.zeros((BT, BN), dtype=tl.float32)
     for k0 in range(0, k_end, KC):
         p = tl.load(b_rows + (k0 // KC) * b_step + bcols[None, :], mask=nmask, other=0)
         s = tl.load(s_rows + (k0 // KC) * s_step + tl.arange(0, KC // 16)[None, :], mask=nmask, other=0)
@@ -193,47 +182,14 @@ def _gemm_kernel(
             )
         else:
             w_lo, w_hi = _decode_ops(p, _per_byte(s * (1.0 / EPILOGUE_GAIN), BN))
-        if A_PACKED:
-            pa = tl.load(ap_rows + k0 // 2)
-            sa = tl.load(as_ptr + swizzled_offsets(t, k0 // 16 + tl.arange(0, KC // 16), a_col_tiles))
-            sa = sa.to(tl.float8e4nv, bitcast=True).to(tl.float32)
-            if DECODE_ASM:
-                sa = _per_byte((sa * TWO_POW_118).to(tl.bfloat16), BT)
-                a_lo, a_hi = tl.inline_asm_elementwise(
-                    _DECODE_PTX, "=r,=r,=r,=r,r,r,r", [pa, sa], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4
-                )
-            else:
-                a_lo, a_hi = _decode_ops(pa, _per_byte(sa * (1.0 / EPILOGUE_GAIN), BT))
-            a = tl.reshape(tl.permute(tl.join(a_lo, a_hi), (0, 2, 1)), (BT, KC))
-            w = tl.reshape(tl.permute(tl.join(w_lo, w_hi), (0, 2, 1)), (BN, KC))
-            acc = tl.dot(a, tl.trans(w), acc)
-        elif ONE_DOT:
-            a = tl.load(a_rows2 + k0)
-            w = tl.reshape(tl.permute(tl.join(w_lo, w_hi), (0, 2, 1)), (BN, KC))
-            if SWAP:
-                acc = tl.dot(w, tl.trans(a), acc)
-            else:
-                acc = tl.dot(a, tl.trans(w), acc)
-        elif SWAP:
-            a_lo = tl.load(a_rows + k0)
-            a_hi = tl.load(a_rows + k0 + KC // 2)
-            acc = tl.dot(w_lo, tl.trans(a_lo), acc)
-            acc = tl.dot(w_hi, tl.trans(a_hi), acc)
-        else:
-            a_lo = tl.load(a_rows + k0)
-            a_hi = tl.load(a_rows + k0 + KC // 2)
-            acc = tl.dot(a_lo, tl.trans(w_lo), acc)
-            acc = tl.dot(a_hi, tl.trans(w_hi), acc)
+        # [BN, KC] in A's nibble-split order; the join folds into the shared-memory store the MMA needs
+        # anyway, and one K = 128 dot waits for the tensor cores once a step instead of twice
+        w = tl.reshape(tl.permute(tl.join(w_lo, w_hi), (0, 2, 1)), (BN, KC))
+        acc = tl.dot(tl.load(a_rows + k0), tl.trans(w), acc)
     group = n // n_per_group
     alpha = tl.load(ag_ptr) * tl.load(bg_ptr + e * groups + group, mask=n < N, other=0.0) * EPILOGUE_GAIN
-    if A_PACKED:
-        alpha = alpha * EPILOGUE_GAIN
-    if SWAP:
-        out = (acc * alpha[:, None]).to(tl.bfloat16)
-        tl.store(out_ptr + t[None, :].to(tl.int64) * N + n[:, None], out, mask=nmask)
-    else:
-        out = (acc * alpha[None, :]).to(tl.bfloat16)
-        tl.store(out_ptr + t[:, None].to(tl.int64) * N + n[None, :], out, mask=n[None, :] < N)
+    out = (acc * alpha[None, :]).to(tl.bfloat16)
+    tl.store(out_ptr + t[:, None].to(tl.int64) * N + n[None, :], out, mask=n[None, :] < N)
 
 
 def grouped_gemm(
