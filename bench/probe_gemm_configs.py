@@ -20,7 +20,6 @@ import triton
 
 from fp4check.commands.bench import PRO, _gemm_case, _tiled_inputs
 from fp4check.gpu_bench import matmul_flops, time_op
-from fp4check.kernels.gpu_backend import tile_experts
 from fp4check.kernels.triton import grouped_gemm as gg
 from fp4check.kernels.triton.nvfp4_quant import nvfp4_quantize
 
@@ -32,22 +31,12 @@ def launcher(cfg: dict):
     bn, bt, warps, stages = cfg["BN"], cfg["BT"], cfg["W"], cfg["S"]
     info = {}
 
-    def run(ap, asc, dec, bp, bs, bg, offsets):
-        rows, half_k = ap.shape
-        k = half_k * 2
-        e, n, _ = bp.shape
-        groups = bg.shape[-1]
-        out = torch.empty(rows, n, dtype=torch.bfloat16, device=ap.device)
-        cp = -(-(k // 16) // 4) * 4
-        a16 = torch.empty(rows, k, dtype=torch.bfloat16, device=ap.device)
-        live = torch.zeros(rows // 64, dtype=torch.int32, device=ap.device)
-        gg._prep_a_kernel[(rows // 64, k // gg.K_STEP)](ap, asc, a16, live, k, cp // 4, num_warps=4)
+    def run(*inputs):
+        args, out = gg.gemm_args(*inputs, tiled=True)
+        rows, n = out.shape
         c = gg._gemm_kernel.fn[(triton.cdiv(n, bn), rows // bt)](
-            a16, live, bp, bs, bg.reshape(e, groups).float().contiguous(), dec.reshape(1).float(),
-            tile_experts(offsets, rows).clamp(max=offsets.numel() - 2), offsets, offsets.numel() - 1, out,
-            n, k, groups, n // groups, BN=bn, BT=bt, DECODE_ASM=True, TILED=True, num_warps=warps,
-            num_stages=stages,
-        )  # fmt: skip
+            *args, BN=bn, BT=bt, DECODE_ASM=True, TILED=True, num_warps=warps, num_stages=stages
+        )
         info["c"] = c
         return out
 

@@ -207,6 +207,18 @@ def grouped_gemm(
     uint8 [E, N, K/16] (row-major, or reordered by `weight_tiles.tile_` where tiled), b_global_decode fp32
     [E, G], offsets int64 [E+1] (multiples of 128, offsets[-1] = P). Rows past offsets[-1] are written as
     zeros."""
+    args, out = gemm_args(a_packed, a_scales, a_global_decode, b_packed, b_scales, b_global_decode, offsets, tiled)
+    rows, n = out.shape
+    _gemm_kernel[lambda meta: (triton.cdiv(n, meta["BN"]), rows // meta["BT"])](
+        *args, DECODE_ASM=decode_asm, TILED=tiled
+    )
+    return out
+
+
+def gemm_args(a_packed, a_scales, a_global_decode, b_packed, b_scales, b_global_decode, offsets, tiled) -> tuple:
+    """(`_gemm_kernel`'s positional arguments, the output among them) for `grouped_gemm`'s inputs, after
+    `_prep_a_kernel` made A's bf16 copy and live flags (bench/probe_gemm_configs.py launches the kernel at
+    chosen tiles with these)."""
     rows, half_k = a_packed.shape
     k = half_k * 2
     e, n, _ = b_packed.shape
@@ -220,7 +232,7 @@ def grouped_gemm(
     a16 = torch.empty(rows, k, dtype=torch.bfloat16, device=a_packed.device)
     live = torch.zeros(rows // 64, dtype=torch.int32, device=a_packed.device)
     _prep_a_kernel[(rows // 64, k // K_STEP)](a_packed, a_scales, a16, live, k, cp // 4, num_warps=4)
-    _gemm_kernel[lambda meta: (triton.cdiv(n, meta["BN"]), rows // meta["BT"])](
+    args = (
         a16,
         live,
         b_packed.contiguous(),
@@ -235,10 +247,8 @@ def grouped_gemm(
         k,
         groups,
         n // groups,
-        DECODE_ASM=decode_asm,
-        TILED=tiled,
     )
-    return out
+    return args, out
 
 
 def tuned_config() -> str:
