@@ -42,9 +42,10 @@ import triton.language as tl
 
 from fp4check.kernels.gpu_backend import tile_experts
 from fp4check.kernels.triton.nvfp4_quant import swizzled_offsets
+from fp4check.kernels.triton.weight_tiles import K_STEP, ROWS, tileable
 
-K_STEP = 128  # the K step; A's nibble-split order repeats every K_STEP
-KC = tl.constexpr(K_STEP)
+KC = tl.constexpr(K_STEP)  # the K step; A's nibble-split order repeats every KC
+GROUP = tl.constexpr(ROWS)  # rows of a tiled weight group
 TWO_POW_118 = tl.constexpr(2.0**118)  # s_b x 2^118 x (e2m1 x 2^-126) = e2m1 x s_b x 2^-8, a normal bf16 for every code
 EPILOGUE_GAIN = tl.constexpr(256.0)  # gives back the 2^-8
 
@@ -157,12 +158,12 @@ def _gemm_kernel(
     nmask = n[:, None] < N
     b_rows = b_ptr + e.to(tl.int64) * N * (K // 2)
     s_rows = bs_ptr + e.to(tl.int64) * N * (K // 16)
-    if TILED:  # weight_tiles: per 64-row group [K/KC, 64, KC/2] codes and [K/KC, 64, KC/16] scales
-        group = (n[:, None] // 64).to(tl.int64) * (K // KC)
-        b_rows += group * (64 * KC // 2) + (n[:, None] % 64) * (KC // 2)
-        s_rows += group * (64 * KC // 16) + (n[:, None] % 64) * (KC // 16)
-        b_step: tl.constexpr = 64 * KC // 2
-        s_step: tl.constexpr = 64 * KC // 16
+    if TILED:  # weight_tiles: per GROUP-row group [K/KC, GROUP, KC/2] codes and [K/KC, GROUP, KC/16] scales
+        group = (n[:, None] // GROUP).to(tl.int64) * (K // KC)
+        b_rows += group * (GROUP * KC // 2) + (n[:, None] % GROUP) * (KC // 2)
+        s_rows += group * (GROUP * KC // 16) + (n[:, None] % GROUP) * (KC // 16)
+        b_step: tl.constexpr = GROUP * KC // 2
+        s_step: tl.constexpr = GROUP * KC // 16
     else:
         b_rows += n[:, None].to(tl.int64) * (K // 2)
         s_rows += n[:, None].to(tl.int64) * (K // 16)
@@ -224,8 +225,8 @@ def gemm_args(a_packed, a_scales, a_global_decode, b_packed, b_scales, b_global_
     e, n, _ = b_packed.shape
     if k % K_STEP or rows % 128:
         raise ValueError(f"the Triton grouped GEMM takes K a multiple of {K_STEP} and rows of 128, got {rows}x{k}")
-    if tiled and n % 64:
-        raise ValueError(f"tiled weights need N a multiple of 64, got {n}")
+    if tiled and not tileable(n, k):
+        raise ValueError(f"tiled weights need N a multiple of {ROWS}, got {n}")
     groups = b_global_decode.shape[-1] if b_global_decode.dim() > 1 else 1
     out = torch.empty(rows, n, dtype=torch.bfloat16, device=a_packed.device)
     cp = -(-(k // 16) // 4) * 4

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 ROWS = 64  # rows of a column group: the GEMM's column tiles are multiples of it
-K_STEP = 128  # the GEMM's K step (elements)
+K_STEP = 128  # the GEMM's K step (elements): grouped_gemm reads it from here
 LAYOUT = "triton-tiled64x128"  # GroupedNVFP4.layout of tiled weights
 CHUNK_BYTES = 256 << 20  # experts reordered at a time: the temporary copy's bound
 
