@@ -8,8 +8,8 @@ Why it is shaped this way (MoE decode shapes: ~64 rows per expert, so every weig
 for few rows):
 - Tokens are the MMA's M side and the decoded weight tile is staged through shared memory. The other
   orientation ("swap AB", the decoded tile fed to wgmma from registers) and A decoded from packed NVFP4
-  inside the GEMM both measured slower at every tile on the H100
-  (bench/results/h100_gemm_tiles_probe_20261122d.txt).
+  inside the GEMM both measured slower at every tile with `tl.dot` on the H100
+  (bench/results/h100_gemm_tiles_probe_20261122d.txt); in Gluon, swap AB was no faster (last point).
 - The weight decode is about 3 instructions per element: inline PTX turns 4 packed bytes into 8 bf16
   with a byte permute, shifts and masks (e2m1 bits placed as bf16 subnormal/normal bits, i.e. the value
   x 2^-126) and one bf16x2 multiply by s_b x 2^118; the 2^-8 left over is given back in the epilogue
@@ -112,8 +112,8 @@ def _prep_a_kernel(a_ptr, as_ptr, out_ptr, live_ptr, K, col_tiles):
 
 
 # Tiles measured at the Pro shapes on the H100 (bench/results/h100_gemm_tiles_probe_20261122d.txt): the
-# first three are the best for L1, L2 and skewed routing, within 3% of one another (the autotuner's pick
-# among them varies from run to run); the others serve smaller shapes.
+# first three were the best with random padding rows; with the zero padding the MoE forward gives (the
+# bench since h100_triton_bench_20261122e.csv) the autotuner picks the 64-row tiles, which skip it.
 @triton.autotune(
     configs=[
         triton.Config({"BN": 256, "BT": 128}, num_warps=8, num_stages=3),
