@@ -1,11 +1,13 @@
-"""Probe: the Triton grouped GEMM's tl.dot kernel at explicit tiles (not only the autotuner's pick), at the
-Pro MoE shapes, with the registers, shared memory and resident CTAs per SM of each compiled kernel.
+"""Probe: the Triton grouped GEMM's kernels at explicit tiles (not only the autotuner's pick), at the Pro
+MoE shapes, with the registers, shared memory and resident CTAs per SM of each compiled kernel.
 
 Usage (GPU machine, repository root): python3 bench/probe_gemm_configs.py [l1|l2] [uniform|skewed] [grid]
-grid: "full" (every tile whose accumulator fits) or "pick:BN,BT,warps,stages;...". Prints one line per
-config: median ms of 20 runs (L2 flushed, inputs rotated), share of the bf16 matmul rate in useful flops,
-cos against the autotuned kernel's output. PROBE_ONCE=1 launches each config once and times nothing (for
-Nsight Compute: ncu -k regex:_gemm_kernel ... python3 bench/probe_gemm_configs.py ...).
+grid: the tl.dot kernel at "full" (every tile whose accumulator fits) or "pick:BN,BT,warps,stages;...";
+the SM90 wgmma kernel (grouped_gemm_sm90) at "wgmma" (its CONFIG, NARROW and two others) or
+"wgmma:BM,BT,stages;...". Prints one line per config: median ms of 20 runs (L2 flushed, inputs
+rotated), share of the bf16 matmul rate in useful flops, cos against the autotuned tl.dot kernel's
+output. PROBE_ONCE=1 launches each config once and times nothing (for Nsight Compute:
+ncu -k regex:_gemm ... python3 bench/probe_gemm_configs.py ...).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ REGS_PER_SM = 65536
 
 
 def launcher(cfg: dict):
+    if "BM" in cfg:
+        return wgmma_launcher(cfg)
     bn, bt, warps, stages = cfg["BN"], cfg["BT"], cfg["W"], cfg["S"]
     info = {}
 
@@ -43,6 +47,20 @@ def launcher(cfg: dict):
     return run, info
 
 
+def wgmma_launcher(cfg: dict):
+    from fp4check.kernels.triton import grouped_gemm_sm90 as sm90
+
+    info = {}
+
+    def run(*inputs):
+        args, out = gg.gemm_args(*inputs, tiled=True, wgmma=True)
+        rows, n = out.shape
+        info["c"] = sm90.launch(args, rows, n, (cfg["BM"], cfg["BT"], cfg["S"]))
+        return out
+
+    return run, info
+
+
 def occupancy(c, warps: int) -> tuple[int, int, int]:
     regs, smem = c.n_regs, c.metadata.shared
     by_regs = REGS_PER_SM // max(1, ((regs + 7) // 8 * 8) * 32 * warps)
@@ -52,6 +70,12 @@ def occupancy(c, warps: int) -> tuple[int, int, int]:
 
 def grid(name: str) -> list[dict]:
     """ "full": every tile whose fp32 accumulator fits in 128 registers a thread; "pick:BN,BT,W,S;...": those."""
+    if name.startswith("wgmma"):
+        from fp4check.kernels.triton.grouped_gemm_sm90 import CONFIG, NARROW
+
+        others = [CONFIG, NARROW, (256, 64, 5), (256, 128, 3)]
+        picks = others if name == "wgmma" else [tuple(int(v) for v in i.split(",")) for i in name[6:].split(";")]
+        return [dict(BM=bm, BT=bt, S=st, W=12) for bm, bt, st in picks]  # 2 x 4 MMA warps, the TMA warp's 4
     if name == "full":
         return [
             dict(BN=bn, BT=bt, W=w, S=s)
@@ -78,11 +102,12 @@ def main() -> None:
             launcher(cfg)[0](*tiled[0])
         torch.cuda.synchronize()
         return
-    ref = gg.grouped_gemm(*tiled[0], tiled=True)
-    print(f"{op} {routing} rows {rows} bf16 matmul {flops / 1e12:.0f} TF/s; autotuned: {gg.tuned_config()}", flush=True)
-    t = time_op(lambda *a: gg.grouped_gemm(*a, tiled=True), tiled, 20)
-    frac = useful / t.median_us / 1e6 / flops * 1e12
-    print(f"  autotuned kernel: {t.median_us / 1e3:.3f} ms ({frac:.1%})", flush=True)
+    ref = gg.grouped_gemm(*tiled[0], tiled=True, kernel="tl.dot")
+    print(f"{op} {routing} rows {rows} bf16 matmul {flops / 1e12:.0f} TF/s", flush=True)
+    for kernel in ("tl.dot", "auto"):
+        t = time_op(lambda *a, kernel=kernel: gg.grouped_gemm(*a, tiled=True, kernel=kernel), tiled, 20)
+        frac = useful / t.median_us / 1e6 / flops * 1e12
+        print(f"  autotuned {kernel}: {t.median_us / 1e3:.3f} ms ({frac:.1%}) {gg.tuned_config()}", flush=True)
     results = []
     for cfg in grid(which):
         run, info = launcher(cfg)
@@ -99,8 +124,9 @@ def main() -> None:
         regs, smem, occ = occupancy(info["c"], cfg["W"])
         frac = useful / t.median_us / 1e6 / flops * 1e12
         results.append((t.median_us, cfg))
+        name = f"BM{cfg['BM']}" if "BM" in cfg else f"BN{cfg['BN']}"
         print(
-            f"  BN{cfg['BN']} BT{cfg['BT']} W{cfg['W']} S{cfg['S']}: "
+            f"  {name} BT{cfg['BT']} W{cfg['W']} S{cfg['S']}: "
             f"{t.median_us / 1e3:.3f} ms ({frac:.1%}) p10 {t.p10_us / 1e3:.3f} "
             f"p90 {t.p90_us / 1e3:.3f} cos {cos:.6f} regs {regs} smem {smem // 1024}K occ {occ} compile {comp:.1f}s",
             flush=True,

@@ -19,6 +19,7 @@ E2M1_MAX = 6.0
 E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 E2M1_SIGN_BIT = 0x8
 E2M1_NAN_CODE = 0x7
+E2M1_AS_E4M3_GAIN = 2.0**-6  # what `e2m1_as_e4m3` bytes read as e4m3, relative to the e2m1 values
 
 # Midpoints between neighbouring magnitudes, and whether a value exactly on the midpoint rounds up
 # (ties to even: the neighbour with the even code wins).
@@ -74,3 +75,12 @@ def unpack_e2m1(packed: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"packed e2m1 must be uint8 or int8, got {packed.dtype}")
     low, high = b & 0xF, b >> 4
     return torch.stack((low, high), dim=-1).reshape(*b.shape[:-1], b.shape[-1] * 2)
+
+
+def e2m1_as_e4m3(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed e2m1 bytes (uint8) -> (low nibbles, high nibbles) as e4m3 bytes: magnitude bits at 2..4, sign
+    at 7. Read as e4m3 they are the e2m1 values x 2^-6 for all 16 codes, subnormals and -0 included, so one
+    fp8 -> f16 conversion decodes them exactly (the SM90 GEMM's weight decode, on 4 bytes at a time)."""
+    if packed.dtype != torch.uint8:
+        raise TypeError(f"packed e2m1 must be uint8, got {packed.dtype}")
+    return ((packed & 0x7) << 2) | ((packed & 0x8) << 4), ((packed >> 2) & 0x1C) | (packed & 0x80)

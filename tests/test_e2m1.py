@@ -7,7 +7,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fp4check.references.e2m1 import E2M1_VALUES, e2m1_decode, e2m1_encode, pack_e2m1, unpack_e2m1
+from fp4check.references.e2m1 import (
+    E2M1_AS_E4M3_GAIN,
+    E2M1_VALUES,
+    e2m1_as_e4m3,
+    e2m1_decode,
+    e2m1_encode,
+    pack_e2m1,
+    unpack_e2m1,
+)
 
 SPEC_INPUTS = [
     0,
@@ -117,3 +125,21 @@ def test_bad_codes_refused():
         e2m1_decode(torch.tensor([16], dtype=torch.uint8))
     with pytest.raises(ValueError):
         pack_e2m1(torch.zeros(3, dtype=torch.uint8))
+
+
+def test_e2m1_bits_as_e4m3_read_the_e2m1_values_times_2_to_minus_6():
+    """Every byte: its two nibbles re-placed as e4m3 bytes, decoded by torch's float8_e4m3fn (an independent
+    decoder), equal the e2m1 table's values x 2^-6, signs of zero included; and the SM90 GEMM's PTX, which
+    does it to a 32-bit word of 4 bytes with the masks below, gives the same bytes."""
+    packed = torch.arange(256, dtype=torch.uint8)
+    lo, hi = e2m1_as_e4m3(packed)
+    for got, codes in ((lo, packed & 0xF), (hi, packed >> 4)):
+        value = got.view(torch.float8_e4m3fn).float()
+        want = e2m1_decode(codes) * E2M1_AS_E4M3_GAIN
+        assert torch.equal(value, want) and torch.equal(value.signbit(), want.signbit())
+    words = packed.view(64, 4).to(torch.int64)
+    word = words[:, 0] | words[:, 1] << 8 | words[:, 2] << 16 | words[:, 3] << 24
+    ptx_lo = ((word << 2) & 0x1C1C1C1C) | ((word << 4) & 0x80808080)  # shl, and, shl, and, or
+    ptx_hi = ((word >> 2) & 0x1C1C1C1C) | (word & 0x80808080)  # shr, and, and, or
+    for ptx, want in ((ptx_lo, lo), (ptx_hi, hi)):
+        assert torch.equal(torch.stack([(ptx >> (8 * i)) & 0xFF for i in range(4)], -1).flatten(), want.long())

@@ -327,6 +327,48 @@ def triton_backend():
     return be
 
 
+def _sm90() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+@pytest.mark.skipif(not _sm90(), reason="the wgmma GEMM (grouped_gemm_sm90) runs on SM90 GPUs only")
+def test_wgmma_gemm_conforms_at_every_tile(triton_backend):
+    """The SM90 kernel at its tiles, into a NaN-poisoned output, against the emulated pipeline and the
+    tl.dot kernel: experts with 0, 5, 64 and 200 rows (zero padding: skipped tiles), a plan 256 rows past
+    offsets[-1] whose rows hold non-zero garbage (written as zeros), two global scales in w13, 5 K steps
+    (not a multiple of the ring's depth); with one CTA per tile, and with 2 or 3 persistent CTAs that
+    carry the ring's slots and phases across 16 to 22 tiles each."""
+    from fp4check.kernels.contract import NVFP4Activation
+    from fp4check.kernels.emulated.moe import grouped_gemm_nvfp4
+    from fp4check.kernels.triton import grouped_gemm_sm90 as sm90
+    from fp4check.kernels.triton.grouped_gemm import gemm_args, grouped_gemm
+    from fp4check.kernels.triton.weight_tiles import tile_
+    from fp4check.metrics import compare
+    from fp4check.references.swizzle import swizzle_128x4, unswizzle_128x4
+
+    a, b, offsets = _moe_operands(5, 512, 640, [130, 0, 5, 200, 64], 2, seed=5)
+    want = grouped_gemm_nvfp4(a, b, offsets).float()
+    extra = 256
+    lin = unswizzle_128x4(a.scales, a.rows, a.cols // 16).view(torch.uint8)
+    lin = torch.cat([lin, torch.full((extra, lin.shape[1]), 0x38, dtype=torch.uint8)])
+    packed = torch.cat([a.packed, torch.full((extra, a.packed.shape[1]), 0x77, dtype=torch.uint8)])
+    big = NVFP4Activation(packed, swizzle_128x4(lin.view(torch.float8_e4m3fn)), a.global_scale, a.rows + extra, a.cols)
+    args = _gpu_args(big, b, offsets)
+    tile_(args[3], args[4])
+    dot = grouped_gemm(*args, tiled=True, kernel="tl.dot").float().cpu()
+    assert torch.allclose(dot[: a.rows], want, rtol=2**-6, atol=1e-3) and not dot[a.rows :].any()
+    runs = [(c, None) for c in (sm90.CONFIG, sm90.NARROW, (256, 128, 3))] + [(sm90.CONFIG, 2), (sm90.NARROW, 3)]
+    for config, ctas in runs:
+        kargs, out = gemm_args(*args, tiled=True, wgmma=True)
+        out.fill_(float("nan"))
+        sm90.launch(kargs, out.shape[0], out.shape[1], config, ctas)
+        got = out.float().cpu()
+        m = compare(got[: a.rows], want)
+        assert m["nan_out"] == 0 and got.abs().amax() > 0 and m["cosine"] > 0.99999, (config, ctas, m)
+        assert torch.allclose(got[: a.rows], want, rtol=2**-6, atol=1e-3), (config, ctas)
+        assert torch.allclose(got, dot, rtol=2**-6, atol=1e-3) and not got[a.rows :].any(), (config, ctas)
+
+
 def test_grouped_gemm_ptx_decode_equals_the_plain_op_decode(triton_backend):
     """The inline-PTX weight decode (bf16 bits from shifts, one bf16x2 multiply) against the same kernel
     decoding with plain Triton ops: the same bf16 values into the same MMAs, so the same bits out."""
@@ -343,18 +385,32 @@ def test_grouped_gemm_ptx_decode_equals_the_plain_op_decode(triton_backend):
     assert torch.equal(fast, plain)
 
 
+def _gpu_args(a, b, offsets) -> list[torch.Tensor]:
+    """grouped_gemm's positional arguments on the GPU."""
+    return [
+        t.cuda()
+        for t in (a.packed, a.scales.view(torch.uint8), a.global_scale.to_decode().value, b.packed,
+                  b.scales.view(torch.uint8), b.global_scale.value, offsets)
+    ]  # fmt: skip
+
+
 def test_prepared_weights_give_the_same_bits_and_restore_in_place(triton_backend):
-    """prepare_weights reorders GPU weights in place (weight_tiles); the GEMM on them is bit-equal to the
-    GEMM on the rows (the same values into the same MMAs), and restore_weights gives back every byte."""
+    """prepare_weights reorders GPU weights in place (weight_tiles); the tl.dot kernel on them is
+    bit-equal to the same kernel on the rows (the same values into the same MMAs), whichever kernel the
+    backend picks agrees within accumulation order, and restore_weights gives back every byte."""
+    from fp4check.kernels.triton.grouped_gemm import grouped_gemm
+
     a, b, offsets = _moe_operands(5, 384, 1024, [130, 0, 5, 200, 64], 2, seed=4)
     gpu = GroupedNVFP4(b.packed.cuda(), b.scales.cuda(), type(b.global_scale)(b.global_scale.value.cuda()))
     rows = triton_backend.grouped_gemm_nvfp4(a, gpu, offsets)
     prepared = triton_backend.prepare_weights(gpu)
     assert prepared.layout != "rows" and prepared.packed.data_ptr() == gpu.packed.data_ptr()  # no copy
     assert not torch.equal(gpu.packed.cpu(), b.packed)
-    tiled = triton_backend.grouped_gemm_nvfp4(a, prepared, offsets)
+    tiled = triton_backend.grouped_gemm_nvfp4(a, prepared, offsets)  # the wgmma kernel on an SM90 GPU
     assert rows.abs().amax() > 0 and not rows.isnan().any()
-    assert torch.equal(tiled, rows)
+    assert torch.allclose(tiled.float(), rows.float(), rtol=2**-6, atol=1e-3)
+    same_kernel = grouped_gemm(*_gpu_args(a, prepared, offsets), tiled=True, kernel="tl.dot")
+    assert torch.equal(same_kernel.cpu(), rows)
     triton_backend.restore_weights(prepared)
     assert torch.equal(gpu.packed.cpu(), b.packed)
     assert torch.equal(gpu.scales.view(torch.uint8).cpu(), b.scales.view(torch.uint8))

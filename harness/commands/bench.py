@@ -125,6 +125,17 @@ def _tiled_inputs(inputs: list[tuple]) -> list[tuple]:
     return [(*i[:3], packed, scales, *i[5:]) for i in inputs]
 
 
+def _wgmma_runs(n: int, k: int) -> bool:
+    """Whether the triton GEMM picks its SM90 wgmma kernel for tiled weights of this shape here."""
+    import torch
+
+    try:
+        from fp4check.kernels.triton.grouped_gemm_sm90 import fits
+    except ImportError:
+        return False
+    return fits(n, k, torch.device("cuda"))
+
+
 def _dequant_weights(b_packed, b_scales, b_global):
     """The alternative a user would pick first: every expert's weight to bf16 with torch ops (an expert
     at a time: the float32 intermediates of all 384 at once would not fit)."""
@@ -314,10 +325,15 @@ def bench(op, shape, tokens, topk, routing, backend, runs, seed, csv_path, as_js
             variants += [(f"{b} {mode}", fn, mode == "graph", b, ins) for mode in ("eager", "graph")]
         if "triton" in timed:
             gemm = kernels["triton"][1]
+            if tiled and _wgmma_runs(n, k):  # the portable tl.dot kernel beside the SM90 one
+                dot = functools.partial(gemm, tiled=True, kernel="tl.dot")
+                variants.append(("triton eager, tl.dot kernel", dot, False, "triton", tiled))
             variants.append(("triton eager, weights as stored (no prepare_weights)", gemm, False, "triton", inputs))
-            # what the inline-PTX weight decode buys, same kernel otherwise
+            # what the inline-PTX weight decode buys, the tl.dot kernel otherwise
             plain = functools.partial(gemm, decode_asm=False, tiled=bool(tiled))
-            variants.append(("triton eager, plain-op weight decode", plain, False, "triton", tiled or inputs))
+            variants.append(
+                ("triton eager, tl.dot kernel, plain-op weight decode", plain, False, "triton", tiled or inputs)
+            )
         try:
             w16 = _dequant_weights(*inputs[0][3:6])
             acts = [(_dequant_act(ap, asc, dec, rows, k), w16, off) for ap, asc, dec, _, _, _, off in inputs]

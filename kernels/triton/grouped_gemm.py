@@ -4,12 +4,18 @@ block scale into bf16 (exact: at most 6 significant bits), bf16 tensor-core MMA 
 and alpha = S_dec(a) * S_dec(b)[expert, column group] in the epilogue (w1 and w3 halves of w13 may carry
 different global scales). Equal to the emulated backend up to fp32 accumulation order.
 
-Why it is shaped this way (MoE decode shapes: ~64 rows per expert, so every weight element is decoded
-for few rows):
+Two kernels share this module's front end (`gemm_args`: A's bf16 copy and live flags): `_gemm_kernel`
+here, `tl.dot`, for any GPU Triton targets and either weight layout; and on SM90 with tiled weights the
+warp-specialized Gluon kernel of `grouped_gemm_sm90`, taking 19-25% less time at the Pro shapes, which
+`grouped_gemm` picks there (kernel="auto").
+
+Why the `tl.dot` kernel is shaped this way (MoE decode shapes: ~64 rows per expert, so every weight
+element is decoded for few rows):
 - Tokens are the MMA's M side and the decoded weight tile is staged through shared memory. The other
   orientation ("swap AB", the decoded tile fed to wgmma from registers) and A decoded from packed NVFP4
   inside the GEMM both measured slower at every tile with `tl.dot` on the H100
-  (bench/results/h100_gemm_tiles_probe_20261122d.txt); in Gluon, swap AB was no faster (last point).
+  (bench/results/h100_gemm_tiles_probe_20261122d.txt); swap AB needs the warp specialization of the
+  Gluon kernel to pay off.
 - The weight decode is about 3 instructions per element: inline PTX turns 4 packed bytes into 8 bf16
   with a byte permute, shifts and masks (e2m1 bits placed as bf16 subnormal/normal bits, i.e. the value
   x 2^-126) and one bf16x2 multiply by s_b x 2^118; the 2^-8 left over is given back in the epilogue
@@ -27,10 +33,9 @@ for few rows):
 - What bounds it. With 128-row tiles (Nsight Compute on the H100, same file), one CTA of 8 warps per SM
   runs every step's load, decode, shared-memory store and MMA in sequence, its warps 43-48% of their
   cycles at CTA barriers, the tensor pipe half busy on padding rows. The MoE forward's padding rows are
-  zero, so with 64-row tiles, which skip them, the kernel reaches 45% of the matmul rate on L1 (uniform
-  routing; bench/results/h100_triton_bench_20261122e.csv). A Gluon SM90 kernel feeding the decoded
-  weights to wgmma from registers and overlapping decode and MMA inside each warpgroup landed within
-  -5%..+6% of this one (h100_gemm_wgmma_rega_probe_20261122e.txt, 47% of DRAM bandwidth, latency-bound).
+  zero, so with 64-row tiles, which skip them, the kernel reaches 43-45% of the matmul rate at the Pro
+  shapes (uniform routing; bench/results/h100_triton_bench_20261122e.csv). Overlapping the decode with
+  the MMA needs producer and consumer warps, which `tl.dot` cannot express: see `grouped_gemm_sm90`.
 `DECODE_ASM=False` decodes with plain Triton ops into the same planes: that path runs in Triton's CPU
 interpreter, which has no inline assembly, and the GPU test holds the two paths bit-equal.
 """
@@ -96,18 +101,25 @@ def _decode_ops(packed, scale):
 
 
 @triton.jit
-def _prep_a_kernel(a_ptr, as_ptr, out_ptr, live_ptr, K, col_tiles):
-    """A [64 rows, KC] to bf16 in the nibble-split order (per KC: the even columns, then the odd ones),
-    and the 64-row tile's live flag: any non-zero scale byte (a row of zero scales decodes to zeros)."""
+def _prep_a_kernel(a_ptr, as_ptr, out_ptr, live_ptr, K, col_tiles, WGMMA_ORDER: tl.constexpr):
+    """A [64 rows, KC] to bf16 in the K order the GEMM's weight decode produces (per KC step): the
+    nibble-split order here (the even columns, then the odd ones), or grouped_gemm_sm90's (column
+    16b + 8h + 2t + p holds k = 32t + 4b + 2p + h); and the 64-row tile's live flag: any non-zero scale
+    byte (a row of zero scales decodes to zeros)."""
     r = tl.program_id(0) * 64 + tl.arange(0, 64)
     k0 = tl.program_id(1) * KC
     cols = k0 // 2 + tl.arange(0, KC // 2)
     p = tl.load(a_ptr + r[:, None].to(tl.int64) * (K // 2) + cols[None, :])
     s_bytes = tl.load(as_ptr + swizzled_offsets(r, k0 // 16 + tl.arange(0, KC // 16), col_tiles))
     lo, hi = _decode_ops(p, _per_byte(s_bytes.to(tl.float8e4nv, bitcast=True).to(tl.float32), 64))
-    base = out_ptr + r[:, None].to(tl.int64) * K + k0 + tl.arange(0, KC // 2)[None, :]
-    tl.store(base, lo)
-    tl.store(base + KC // 2, hi)
+    row = out_ptr + r[:, None].to(tl.int64) * K + k0
+    if WGMMA_ORDER:  # (row, byte 16t + 2b + p, nibble h) -> column 16b + 8h + 2t + p
+        w = tl.permute(tl.reshape(tl.join(lo, hi), (64, 4, 8, 2, 2)), (0, 2, 4, 1, 3))
+        tl.store(row + tl.arange(0, KC)[None, :], tl.reshape(w, (64, KC)).to(tl.float16))
+    else:
+        base = row + tl.arange(0, KC // 2)[None, :]
+        tl.store(base, lo)
+        tl.store(base + KC // 2, hi)
     tl.atomic_max(live_ptr + tl.program_id(0), tl.max(tl.max(s_bytes, axis=1), axis=0).to(tl.int32))
 
 
@@ -194,6 +206,9 @@ def _gemm_kernel(
     tl.store(out_ptr + t[:, None].to(tl.int64) * N + n[None, :], out, mask=n[None, :] < N)
 
 
+_last_kernel = ""
+
+
 def grouped_gemm(
     a_packed: torch.Tensor,
     a_scales: torch.Tensor,
@@ -204,23 +219,56 @@ def grouped_gemm(
     offsets: torch.Tensor,
     decode_asm: bool = True,
     tiled: bool = False,
+    kernel: str = "auto",
 ) -> torch.Tensor:
     """bf16 [P, N]. a_packed uint8 [P, K/2], a_scales uint8 swizzled, b_packed uint8 [E, N, K/2], b_scales
     uint8 [E, N, K/16] (row-major, or reordered by `weight_tiles.tile_` where tiled), b_global_decode fp32
     [E, G], offsets int64 [E+1] (multiples of 128, offsets[-1] = P). Rows past offsets[-1] are written as
-    zeros."""
-    args, out = gemm_args(a_packed, a_scales, a_global_decode, b_packed, b_scales, b_global_decode, offsets, tiled)
-    rows, n = out.shape
-    _gemm_kernel[lambda meta: (triton.cdiv(n, meta["BN"]), rows // meta["BT"])](
-        *args, DECODE_ASM=decode_asm, TILED=tiled
+    zeros. kernel: "wgmma" (grouped_gemm_sm90: SM90, tiled weights), "tl.dot" (this module's, any GPU),
+    or "auto" (wgmma where it runs)."""
+    wgmma = _wgmma(kernel, tiled and decode_asm, b_packed)
+    args, out = gemm_args(
+        a_packed, a_scales, a_global_decode, b_packed, b_scales, b_global_decode, offsets, tiled, wgmma
     )
+    rows, n = out.shape
+    global _last_kernel
+    _last_kernel = "wgmma" if wgmma else "tl.dot"
+    if wgmma:
+        from fp4check.kernels.triton import grouped_gemm_sm90
+
+        grouped_gemm_sm90.launch(args, rows, n)
+    else:
+        _gemm_kernel[lambda meta: (triton.cdiv(n, meta["BN"]), rows // meta["BT"])](
+            *args, DECODE_ASM=decode_asm, TILED=tiled
+        )
     return out
 
 
-def gemm_args(a_packed, a_scales, a_global_decode, b_packed, b_scales, b_global_decode, offsets, tiled) -> tuple:
-    """(`_gemm_kernel`'s positional arguments, the output among them) for `grouped_gemm`'s inputs, after
-    `_prep_a_kernel` made A's bf16 copy and live flags (bench/probe_gemm_configs.py launches the kernel at
-    chosen tiles with these)."""
+def _wgmma(kernel: str, eligible: bool, b_packed: torch.Tensor) -> bool:
+    """Whether grouped_gemm runs the SM90 wgmma kernel: it reads tiled weights with the inline-PTX decode."""
+    if kernel not in ("auto", "wgmma", "tl.dot"):
+        raise ValueError(f"kernel is auto, wgmma or tl.dot, got {kernel!r}")
+    if kernel == "tl.dot":
+        return False
+    try:
+        from fp4check.kernels.triton.grouped_gemm_sm90 import fits
+    except ImportError as err:  # a Triton without Gluon
+        if kernel == "wgmma":
+            raise ValueError(f"the wgmma GEMM needs Triton's Gluon: {err}") from err
+        return False
+    _, n, half_k = b_packed.shape
+    ok = eligible and fits(n, half_k * 2, b_packed.device)
+    if kernel == "wgmma" and not ok:
+        raise ValueError(f"the wgmma GEMM needs an SM90 GPU, tiled weights and N a multiple of 128, got N={n}")
+    return ok
+
+
+def gemm_args(
+    a_packed, a_scales, a_global_decode, b_packed, b_scales, b_global_decode, offsets, tiled, wgmma=False
+) -> tuple:
+    """(the GEMM kernels' positional arguments, the output among them) for `grouped_gemm`'s inputs, after
+    `_prep_a_kernel` made A's bf16 copy (in the K order of the kernel that reads it) and live flags
+    (bench/probe_gemm_configs.py launches the kernels at chosen tiles with these)."""
     rows, half_k = a_packed.shape
     k = half_k * 2
     e, n, _ = b_packed.shape
@@ -231,9 +279,10 @@ def gemm_args(a_packed, a_scales, a_global_decode, b_packed, b_scales, b_global_
     groups = b_global_decode.shape[-1] if b_global_decode.dim() > 1 else 1
     out = torch.empty(rows, n, dtype=torch.bfloat16, device=a_packed.device)
     cp = -(-(k // 16) // 4) * 4
-    a16 = torch.empty(rows, k, dtype=torch.bfloat16, device=a_packed.device)
+    # the wgmma kernel multiplies in f16 (A's values, e2m1 x e4m3, are exact in f16 as in bf16)
+    a16 = torch.empty(rows, k, dtype=torch.float16 if wgmma else torch.bfloat16, device=a_packed.device)
     live = torch.zeros(rows // 64, dtype=torch.int32, device=a_packed.device)
-    _prep_a_kernel[(rows // 64, k // K_STEP)](a_packed, a_scales, a16, live, k, cp // 4, num_warps=4)
+    _prep_a_kernel[(rows // 64, k // K_STEP)](a_packed, a_scales, a16, live, k, cp // 4, wgmma, num_warps=4)
     args = (
         a16,
         live,
@@ -254,7 +303,12 @@ def gemm_args(a_packed, a_scales, a_global_decode, b_packed, b_scales, b_global_
 
 
 def tuned_config() -> str:
-    """The GEMM tile the autotuner picked last in this process (bench reports it next to the timing)."""
+    """The tile the autotuner picked for the GEMM kernel that ran last in this process (bench reports it
+    next to the timing)."""
+    if _last_kernel == "wgmma":
+        from fp4check.kernels.triton import grouped_gemm_sm90
+
+        return "wgmma: " + grouped_gemm_sm90.last_config
     cfg = getattr(_gemm_kernel, "best_config", None)
     if cfg is None:
         return ""

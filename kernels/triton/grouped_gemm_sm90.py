@@ -1,0 +1,303 @@
+"""The grouped NVFP4 GEMM's SM90 kernel, in Gluon (Triton's explicit-layout dialect): warp-specialized
+and persistent, the decoded weights fed to wgmma from registers, f16 MMA with fp32 accumulation. On the
+H100 it reaches 53-58% of the bf16 matmul rate at the Pro L1 and L2 shapes with uniform routing, against
+40-45% for the `tl.dot` kernel (bench/results/h100_gemm_ws_probe_20261122f.txt,
+h100_triton_bench_20261122f.csv).
+
+Orientation ("swap AB"): the weights are the MMA's M side (BM = 256 rows a tile, 128 per consumer
+warpgroup), the tokens its N side (BT = 64 rows of one expert). Per CTA, one per SM, looping over tiles:
+- a producer warp streams every K step of 128 into a ring of STAGES shared-memory slots with TMA: A's
+  f16 copy as two [BT, 64] boxes, and per 64-row weight group one 4 KB block of codes and one 512-byte
+  block of scales (`weight_tiles`' layout), all on the slot's "ready" mbarrier. It waits on the slot's
+  "empty" mbarrier first, so it runs STAGES steps ahead, into the next tile while the consumers store;
+- two consumer warpgroups, each its own partition: while step i's wgmmas run, each loads its rows of
+  step i + 1 from shared memory (16 bytes of codes per thread and row, exactly its wgmma fragment's
+  codes once A's K order matches, below) and decodes them in registers straight into the wgmma
+  A-fragment layout (`convert_layout(..., assert_trivial=True)` proves no data moves), then waits for
+  step i and frees the slot. The two warpgroups sync only through the ring's barriers.
+
+f16, not bf16. A nibble's bits placed as an e4m3 byte (magnitude at bits 2..4, sign at bit 7) are the
+e2m1 value x 2^-6, subnormals included (`references.e2m1.e2m1_as_e4m3`), and `cvt.rn.f16x2.e4m3x2`
+turns two of them into f16 in one instruction: about 14 SASS instructions a word of 8 codes with the
+block-scale multiply, against 22 for the bf16 bit construction of the `tl.dot` kernel. Every value is
+exact either way: e2m1 x e4m3 products have at most 6 significant bits and lie in [2^-16, 42] (x 2^-6)
+for the weights and [2^-10, 2688] for A, inside f16's range, so the MMA products and the fp32 sums are
+those of the bf16 kernels.
+
+What the measurements chose (same file): the single-partition version with the codes loaded from global
+memory into registers two steps ahead ran at the `tl.dot` kernel's speed, 47% of DRAM bandwidth,
+latency-bound. The TMA ring made it 3-6% faster; with one 8-warp consumer partition 38% of the stalls
+were at the CTA barriers Triton inserts around shared-memory accesses, and two 4-warp partitions, whose
+barriers are their own, gained 4-7%; the persistent loop 0-5% more (L2's shorter K loop gains most); the
+f16 decode 8-10%. Decoding step i + 1 in two halves around step i's two wgmmas, BT = 128 and BM = 128
+were no faster.
+
+K order. Thread t (lane % 4) of a fragment holds columns j = 16b + 8h + 2t + p (b = 0..7 k16 blocks,
+h, p = 0, 1) of the step. They are fed from byte 16t + 2b + h of the row piece, nibble p, i.e. from
+k = 32t + 4b + 2h + p. The GEMM sums over K in any order, so `_prep_a_kernel` stores A's copy in that
+order (`A_ORDER`), and every product is the one the `tl.dot` kernel and the emulated backend make: only
+the fp32 accumulation order differs.
+
+Token tiles with no live row (the zero padding of an expert, `live` flags from the A pass) and tiles
+past offsets[-1] have no K steps and store zeros, as in the `tl.dot` kernel; nothing syncs with the
+host, so the launch can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from fp4check.kernels.triton.weight_tiles import K_STEP, ROWS
+
+KC = gl.constexpr(K_STEP)
+GROUP = gl.constexpr(ROWS)
+A_ORDER = "wgmma"  # _prep_a_kernel's name for the K order above
+PRODUCER_REGS = gl.constexpr(40)  # the TMA warp holds a few scalars
+CONSUMER_REGS = gl.constexpr(232)  # the second consumer warpgroup (the first gets what is left)
+
+# One word of 8 packed codes ($8; bytes b0..b3) and its block scale ($9, f16) -> 8 f16 e2m1 x s x 2^-6
+# (given back in the epilogue): ($0, $1) = low nibbles of (b0, b1), ($2, $3) of (b2, b3), then the high
+# nibbles. Each pair is one wgmma fragment register (columns 2t, 2t + 1). A nibble's magnitude bits go to
+# bits 2..4 of an e4m3 byte and its sign to bit 7: that e4m3 value is the e2m1 value x 2^-6 for all 16
+# codes (subnormals included), and one cvt turns two such bytes into f16x2.
+_DECODE_WORD_PTX = gl.constexpr("""{
+.reg .b32 lo, hi, t, sc, f;
+.reg .b16 l0, l1, h0, h1;
+mov.b32 sc, {$9, $9};
+shl.b32 lo, $8, 2; and.b32 lo, lo, 0x1C1C1C1C; shl.b32 t, $8, 4; and.b32 t, t, 0x80808080; or.b32 lo, lo, t;
+shr.b32 hi, $8, 2; and.b32 hi, hi, 0x1C1C1C1C; and.b32 t, $8, 0x80808080; or.b32 hi, hi, t;
+mov.b32 {l0, l1}, lo;
+mov.b32 {h0, h1}, hi;
+cvt.rn.f16x2.e4m3x2 f, l0; mul.rn.f16x2 f, f, sc; mov.b32 {$0, $1}, f;
+cvt.rn.f16x2.e4m3x2 f, l1; mul.rn.f16x2 f, f, sc; mov.b32 {$2, $3}, f;
+cvt.rn.f16x2.e4m3x2 f, h0; mul.rn.f16x2 f, f, sc; mov.b32 {$4, $5}, f;
+cvt.rn.f16x2.e4m3x2 f, h1; mul.rn.f16x2 f, f, sc; mov.b32 {$6, $7}, f;
+}""")
+WEIGHT_GAIN = gl.constexpr(64.0)  # gives back the 2^-6
+
+
+@gluon.constexpr_function
+def _log2(x: int) -> int:
+    return x.bit_length() - 1
+
+
+@gluon.constexpr_function
+def _words_layout(nw: int, rm: int, per_row: int) -> gl.DistributedLinearLayout:
+    """[BM, per_row] words of a K step: 16 packed bytes a thread (per_row = 16 int32 words: one 16-byte
+    load) or its 2 block scales (per_row = 8 bytes), then the fragment's second row (+8), then the
+    register repeats; lanes: 4 threads across the row, 8 rows; warps: 16 rows each."""
+    own = per_row // 4
+    regs = [[0, 1 << i] for i in range(_log2(own))] + [[8, 0]] + [[16 * nw << i, 0] for i in range(_log2(rm))]
+    lanes = [[0, own], [0, 2 * own], [1, 0], [2, 0], [4, 0]]
+    warps = [[16 << i, 0] for i in range(_log2(nw))]
+    return gl.DistributedLinearLayout(regs, lanes, warps, [], [16 * nw * rm, per_row])
+
+
+@gluon.jit
+def _tile(tile, n_m, live_ptr, tile_expert_ptr, offsets_ptr, n_experts, K, BT: gl.constexpr):
+    """Tile `tile` (weight tiles vary fastest: neighbours share the expert's token tile in L2) -> its weight
+    tile, token tile, expert and K steps (0 for a tile without a live row or past offsets[-1])."""
+    pid_m = tile % n_m
+    pid_t = tile // n_m
+    e = gl.load(tile_expert_ptr + (pid_t * BT) // 128)
+    live = gl.load(live_ptr + pid_t * (BT // 64))
+    if BT == 128:
+        live = gl.maximum(live, gl.load(live_ptr + pid_t * 2 + 1))
+    live = (live > 0) & (pid_t * BT < gl.load(offsets_ptr + n_experts))
+    return pid_m, pid_t, e, gl.where(live, K // KC, 0)
+
+
+@gluon.jit
+def _producer(a_desc, b_desc, s_desc, a_smem, b_smem, s_smem, ready, empty, tiles, n_m, live_ptr, tile_expert_ptr,
+              offsets_ptr, n_experts, N, K):  # fmt: skip
+    """One warp: for each of this CTA's tiles, TMA of every K step into the next ring slot once both
+    consumers have freed it, all on the slot's ready barrier: A's two [BT, KC/2] f16 halves, then per
+    64-row weight group its [64, KC/2] codes and its 512 scale bytes. It runs ahead into the next tile
+    while the consumers store the last one."""
+    STAGES: gl.constexpr = b_smem.type.shape[0]  # from the buffers: constexpr arguments of a second worker
+    BM: gl.constexpr = b_smem.type.shape[1]  # partition arrive as tensors (Triton 3.6)
+    BT: gl.constexpr = a_smem.type.shape[1]
+    it = 0  # K steps issued so far: ring slot it % STAGES, phase (it // STAGES) & 1
+    for tile in range(gl.program_id(0), tiles, gl.num_programs(0)):
+        pid_m, pid_t, e, nk = _tile(tile, n_m, live_ptr, tile_expert_ptr, offsets_ptr, n_experts, K, BT)
+        g0 = e * (N // GROUP) + pid_m * (BM // GROUP)
+        for step in range(nk):
+            slot = it % STAGES
+            mbarrier.wait(empty.index(slot), ((it // STAGES) & 1) ^ 1)  # passes at once on the first round
+            bar = ready.index(slot)
+            mbarrier.expect(bar, 2 * BT * KC + (BM // GROUP) * GROUP * (KC // 2 + KC // 16))
+            tma.async_copy_global_to_shared(a_desc, [pid_t * BT, step * KC], bar, a_smem.index(2 * slot))
+            tma.async_copy_global_to_shared(a_desc, [pid_t * BT, step * KC + KC // 2], bar, a_smem.index(2 * slot + 1))
+            for j in gl.static_range(BM // GROUP):
+                block = (g0 + j) * (K // KC) + step  # weight_tiles: group g's step is block g * K/KC + step
+                tma.async_copy_global_to_shared(
+                    b_desc, [block * GROUP, 0], bar, b_smem.index(slot).slice(j * GROUP, GROUP)
+                )
+                tma.async_copy_global_to_shared(s_desc, [block * 2, 0], bar, s_smem.index(slot).slice(j * 2, 2))
+            it += 1
+
+
+@gluon.jit
+def _weights(b_smem, s_smem, slot, ROW0: gl.constexpr, BM: gl.constexpr, LP: gl.constexpr, LS: gl.constexpr):
+    """Rows ROW0 .. ROW0 + BM of a ring slot: packed codes [BM, KC/8] int32 and scales [BM, KC/16] bytes (a
+    64-row group's 512 scale bytes are two 256-byte rows of s_smem), in the decode's layouts."""
+    PLAIN: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
+    p = b_smem.index(slot).slice(ROW0, BM)._reinterpret(gl.int32, [BM, KC // 8], PLAIN).load(LP)
+    s = s_smem.index(slot).slice(ROW0 // 32, BM // 32)._reinterpret(gl.uint8, [BM, KC // 16], PLAIN).load(LS)
+    return p, s
+
+
+@gluon.jit
+def _consumer(a_smem, b_smem, s_smem, ready, empty, tiles, n_m, live_ptr, tile_expert_ptr, offsets_ptr, n_experts,
+              N, K, ag_ptr, bg_ptr, groups, n_per_group, out_ptr, HALF: gl.constexpr):  # fmt: skip
+    """One warpgroup, weight rows HALF x BM/2 .. of each tile: decode step i + 1 in registers while step i's
+    wgmma runs, free a slot once its wgmma is done (one arrive per consumer), then scale by alpha and store
+    out[tokens, rows]."""
+    STAGES: gl.constexpr = b_smem.type.shape[0]
+    BM: gl.constexpr = b_smem.type.shape[1] // 2
+    BT: gl.constexpr = a_smem.type.shape[1]
+    ROW0: gl.constexpr = HALF * BM
+    NW: gl.constexpr = gl.num_warps()
+    RM: gl.constexpr = BM // (16 * NW)  # register repeats of a warp's 16 rows
+    LP: gl.constexpr = _words_layout(NW, RM, KC // 8)
+    LS: gl.constexpr = _words_layout(NW, RM, KC // 16)
+    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NW, 1], instr_shape=[16, BT, 16])
+    DOT: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
+    LO: gl.constexpr = gl.BlockedLayout([8, 1], [16, 2], [1, NW], [0, 1])  # n fastest: coalesced stores
+    it = 0  # K steps consumed so far, as the producer counts them
+    for tile in range(gl.program_id(0), tiles, gl.num_programs(0)):
+        pid_m, pid_t, e, nk = _tile(tile, n_m, live_ptr, tile_expert_ptr, offsets_ptr, n_experts, K, BT)
+        mbarrier.wait(ready.index(it % STAGES), (it // STAGES) & 1, pred=nk > 0)
+        p, s = _weights(b_smem, s_smem, it % STAGES, ROW0, BM, LP, LS)
+        w0, w1 = _decode(p, s, BM, LP, DOT)
+        acc = gl.zeros((BM, BT), dtype=gl.float32, layout=MMA)
+        for i in range(nk):
+            slot = it % STAGES
+            acc = warpgroup_mma(w0, a_smem.index(2 * slot).permute((1, 0)), acc, is_async=True)
+            acc = warpgroup_mma(w1, a_smem.index(2 * slot + 1).permute((1, 0)), acc, is_async=True)
+            nxt = it + 1  # the tile's last step decodes the next slot's stale bytes, never used
+            mbarrier.wait(ready.index(nxt % STAGES), (nxt // STAGES) & 1, pred=i + 1 < nk)
+            p, s = _weights(b_smem, s_smem, nxt % STAGES, ROW0, BM, LP, LS)
+            d0, d1 = _decode(p, s, BM, LP, DOT)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            _hold(w0)  # step i's A fragments stay untouched until here (the decode above wrote others)
+            _hold(w1)
+            fence_async_shared()  # this slot's reads before the producer's next TMA writes into it
+            mbarrier.arrive(empty.index(slot), count=1)
+            w0 = d0
+            w1 = d1
+            it += 1
+        out = gl.convert_layout(acc, LO)
+        n = pid_m * 2 * BM + ROW0 + gl.arange(0, BM, layout=gl.SliceLayout(1, LO))
+        t = pid_t * BT + gl.arange(0, BT, layout=gl.SliceLayout(0, LO))
+        alpha = gl.load(ag_ptr) * gl.load(bg_ptr + e * groups + n // n_per_group) * WEIGHT_GAIN
+        gl.store(out_ptr + t[None, :].to(gl.int64) * N + n[:, None], (out * alpha[:, None]).to(gl.bfloat16))
+
+
+@gluon.jit
+def _decode(p, s, BM: gl.constexpr, LP: gl.constexpr, DOT: gl.constexpr):
+    """Packed words [BM, KC/8] (int32, 8 codes each) and their block scales [BM, KC/16] (e4m3 bytes) ->
+    the step's two wgmma A operands [BM, KC/2] f16 (K halves, x 2^-6), in the module docstring's K order."""
+    s = s.to(gl.float8e4nv, bitcast=True).to(gl.float16)  # exact: e4m3 is a subset of f16
+    s = gl.convert_layout(gl.reshape(gl.join(s, s), [BM, KC // 8]), LP, assert_trivial=True)  # a word's scale
+    o = gl.inline_asm_elementwise(_DECODE_WORD_PTX, "=h,=h,=h,=h,=h,=h,=h,=h,r,h", [p, s],
+                                  dtype=(gl.float16,) * 8, is_pure=True, pack=1)  # fmt: skip
+    # word 4t + 2bh + wl, outputs (p, a, h) -> (row, bh, column 16(2wl + a) + 8h + 2t + p)
+    w = gl.join(gl.join(gl.join(o[0], o[1]), gl.join(o[2], o[3])), gl.join(gl.join(o[4], o[5]), gl.join(o[6], o[7])))
+    w = gl.reshape(w, [BM, 4, 2, 2, 2, 2, 2])
+    w = gl.reshape(gl.permute(w, (0, 2, 3, 5, 6, 1, 4)), [BM, 2, KC // 2])
+    w0, w1 = gl.split(gl.permute(w, (0, 2, 1)))
+    return gl.convert_layout(w0, DOT, assert_trivial=True), gl.convert_layout(w1, DOT, assert_trivial=True)
+
+
+@gluon.jit
+def _hold(w):
+    """An empty asm that reads w's registers. Placed after the wgmma wait in the iteration that issued the
+    wgmma (the same packed registers, so ptxas keeps them live until the wait): ptxas does not protect
+    the registers an in-flight wgmma reads, and without this the next step's decode reused them (rows
+    of garbage on the H100, and a SASS check finds the writes)."""
+    gl.inline_asm_elementwise("", "=r,0", [w], dtype=w.dtype, is_pure=False, pack=2)
+
+
+@gluon.jit
+def _gemm_sm90_kernel(a_desc, b_desc, s_desc, live_ptr, bg_ptr, ag_ptr, tile_expert_ptr, offsets_ptr, n_experts,
+                      out_ptr, N, K, groups, n_per_group, rows,
+                      BM: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr):  # fmt: skip
+    """Persistent: a CTA per SM takes tiles pid, pid + grid, ... of the (N / BM) x (rows / BT) plan."""
+    a_smem = gl.allocate_shared_memory(gl.float16, [2 * STAGES, BT, KC // 2], a_desc.layout)
+    b_smem = gl.allocate_shared_memory(gl.uint8, [STAGES, BM, KC // 2], b_desc.layout)
+    s_smem = gl.allocate_shared_memory(gl.uint8, [STAGES, 2 * BM // GROUP, GROUP * KC // 32], s_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for st in gl.static_range(STAGES):
+        mbarrier.init(ready.index(st), count=1)
+        mbarrier.init(empty.index(st), count=2)  # one arrive from each consumer warpgroup
+    n_m = N // BM
+    tiles = n_m * (rows // BT)
+    gl.warp_specialize(
+        [(_consumer, (a_smem, b_smem, s_smem, ready, empty, tiles, n_m, live_ptr, tile_expert_ptr, offsets_ptr,
+                      n_experts, N, K, ag_ptr, bg_ptr, groups, n_per_group, out_ptr, 0)),
+         (_consumer, (a_smem, b_smem, s_smem, ready, empty, tiles, n_m, live_ptr, tile_expert_ptr, offsets_ptr,
+                      n_experts, N, K, ag_ptr, bg_ptr, groups, n_per_group, out_ptr, 1)),
+         (_producer, (a_desc, b_desc, s_desc, a_smem, b_smem, s_smem, ready, empty, tiles, n_m, live_ptr,
+                      tile_expert_ptr, offsets_ptr, n_experts, N, K))],
+        [4, 1],
+        [CONSUMER_REGS, PRODUCER_REGS],
+    )  # fmt: skip
+
+
+# (BM, BT, STAGES): BM weight rows (two warpgroups of BM / 2), BT tokens a tile, ring depth. Measured on the
+# H100 at the Pro shapes against (256, 64, 5), (128, 64, 8) and (256, 128, 3) (the probe's "wgmma" grid,
+# bench/results/h100_gemm_ws_probe_20261122f.txt); NARROW serves N that 256 does not divide.
+CONFIG = (256, 64, 4)
+NARROW = (128, 64, 8)
+last_config = ""  # the config of the last launch, for bench's CSV
+
+
+def fits(n: int, k: int, device: torch.device) -> bool:
+    """Whether this kernel takes the shape on this GPU: wgmma is SM90's alone."""
+    return n % 128 == 0 and k % K_STEP == 0 and torch.cuda.get_device_capability(device) == (9, 0)
+
+
+def _descriptors(a16: torch.Tensor, b_packed: torch.Tensor, b_scales: torch.Tensor, bt: int) -> tuple:
+    """TMA descriptors: A's f16 copy in [bt, KC/2] boxes (128-byte swizzle, as wgmma reads it), the tiled
+    weights' codes as [64 rows, KC/2] blocks and their scales as 512-byte blocks (no swizzle: the decode
+    reads them row by row)."""
+    plain = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=8, rank=2)
+    a_layout = gl.NVMMASharedLayout.get_default_for([bt, K_STEP // 2], gl.float16)
+    return (
+        TensorDescriptor.from_tensor(a16, [bt, K_STEP // 2], a_layout),
+        TensorDescriptor.from_tensor(b_packed.view(-1, K_STEP // 2), [ROWS, K_STEP // 2], plain),
+        TensorDescriptor.from_tensor(b_scales.view(-1, ROWS * K_STEP // 32), [2, ROWS * K_STEP // 32], plain),
+    )
+
+
+@functools.cache
+def _sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def launch(args: tuple, rows: int, n: int, config: tuple | None = None, ctas: int | None = None):
+    """Run the kernel on `grouped_gemm`'s arguments (gemm_args with A in `A_ORDER`, tiled weights) at
+    `config` (BM, BT, STAGES; default CONFIG, or NARROW); returns the compiled kernel (the probe reads its
+    registers). One CTA per SM, or per tile where there are fewer, or `ctas` (tests: many tiles a CTA)."""
+    global last_config
+    a16, live, b_packed, b_scales, *rest = args
+    bm, bt, stages = config or (CONFIG if n % CONFIG[0] == 0 else NARROW)
+    last_config = f"BM={bm}, BT={bt}, STAGES={stages}"
+    descs = _descriptors(a16, b_packed, b_scales.view(torch.uint8), bt)
+    device = a16.device.index if a16.device.index is not None else torch.cuda.current_device()
+    grid = (min(ctas or _sms(device), n // bm * (rows // bt)),)
+    return _gemm_sm90_kernel[grid](*descs, live, *rest, rows, BM=bm, BT=bt, STAGES=stages, num_warps=4)
