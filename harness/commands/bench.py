@@ -125,17 +125,6 @@ def _tiled_inputs(inputs: list[tuple]) -> list[tuple]:
     return [(*i[:3], packed, scales, *i[5:]) for i in inputs]
 
 
-def _wgmma_runs(n: int, k: int) -> bool:
-    """Whether the triton GEMM picks its SM90 wgmma kernel for tiled weights of this shape here."""
-    import torch
-
-    try:
-        from fp4check.kernels.triton.grouped_gemm_sm90 import fits
-    except ImportError:
-        return False
-    return fits(n, k, torch.device("cuda"))
-
-
 def _dequant_weights(b_packed, b_scales, b_global):
     """The alternative a user would pick first: every expert's weight to bf16 with torch ops (an expert
     at a time: the float32 intermediates of all 384 at once would not fit)."""
@@ -324,8 +313,10 @@ def bench(op, shape, tokens, topk, routing, backend, runs, seed, csv_path, as_js
                 fn, ins = functools.partial(fn, tiled=True), tiled
             variants += [(f"{b} {mode}", fn, mode == "graph", b, ins) for mode in ("eager", "graph")]
         if "triton" in timed:
+            from fp4check.kernels.triton.grouped_gemm import wgmma_fits
+
             gemm = kernels["triton"][1]
-            if tiled and _wgmma_runs(n, k):  # the portable tl.dot kernel beside the SM90 one
+            if tiled and wgmma_fits(n, k, torch.device("cuda")):  # the portable tl.dot kernel beside it
                 dot = functools.partial(gemm, tiled=True, kernel="tl.dot")
                 variants.append(("triton eager, tl.dot kernel", dot, False, "triton", tiled))
             variants.append(("triton eager, weights as stored (no prepare_weights)", gemm, False, "triton", inputs))

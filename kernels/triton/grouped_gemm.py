@@ -4,7 +4,7 @@ block scale into bf16 (exact: at most 6 significant bits), bf16 tensor-core MMA 
 and alpha = S_dec(a) * S_dec(b)[expert, column group] in the epilogue (w1 and w3 halves of w13 may carry
 different global scales). Equal to the emulated backend up to fp32 accumulation order.
 
-Two kernels share this module's front end (`gemm_args`: A's bf16 copy and live flags): `_gemm_kernel`
+Two kernels share this module's front end (`gemm_args`: A's decoded copy and live flags): `_gemm_kernel`
 here, `tl.dot`, for any GPU Triton targets and either weight layout; and on SM90 with tiled weights the
 warp-specialized Gluon kernel of `grouped_gemm_sm90`, taking 19-25% less time at the Pro shapes, which
 `grouped_gemm` picks there (kernel="auto").
@@ -102,8 +102,8 @@ def _decode_ops(packed, scale):
 
 @triton.jit
 def _prep_a_kernel(a_ptr, as_ptr, out_ptr, live_ptr, K, col_tiles, WGMMA_ORDER: tl.constexpr):
-    """A [64 rows, KC] to bf16 in the K order the GEMM's weight decode produces (per KC step): the
-    nibble-split order here (the even columns, then the odd ones), or grouped_gemm_sm90's (column
+    """A [64 rows, KC] decoded in the K order the GEMM's weight decode produces (per KC step): bf16 in the
+    nibble-split order here (the even columns, then the odd ones), or f16 in grouped_gemm_sm90's (column
     16b + 8h + 2t + p holds k = 32t + 4b + 2p + h); and the 64-row tile's live flag: any non-zero scale
     byte (a row of zero scales decodes to zeros)."""
     r = tl.program_id(0) * 64 + tl.arange(0, 64)
@@ -244,22 +244,28 @@ def grouped_gemm(
     return out
 
 
+def wgmma_fits(n: int, k: int, device: torch.device) -> bool:
+    """Whether the SM90 wgmma kernel (grouped_gemm_sm90) takes tiled weights [E, n, k] on this device: an
+    SM90 GPU, a Triton with Gluon, n a multiple of 128."""
+    try:
+        from fp4check.kernels.triton.grouped_gemm_sm90 import fits
+    except ImportError:  # a Triton without Gluon
+        return False
+    return fits(n, k, device)
+
+
 def _wgmma(kernel: str, eligible: bool, b_packed: torch.Tensor) -> bool:
     """Whether grouped_gemm runs the SM90 wgmma kernel: it reads tiled weights with the inline-PTX decode."""
     if kernel not in ("auto", "wgmma", "tl.dot"):
         raise ValueError(f"kernel is auto, wgmma or tl.dot, got {kernel!r}")
     if kernel == "tl.dot":
         return False
-    try:
-        from fp4check.kernels.triton.grouped_gemm_sm90 import fits
-    except ImportError as err:  # a Triton without Gluon
-        if kernel == "wgmma":
-            raise ValueError(f"the wgmma GEMM needs Triton's Gluon: {err}") from err
-        return False
     _, n, half_k = b_packed.shape
-    ok = eligible and fits(n, half_k * 2, b_packed.device)
+    ok = eligible and wgmma_fits(n, half_k * 2, b_packed.device)
     if kernel == "wgmma" and not ok:
-        raise ValueError(f"the wgmma GEMM needs an SM90 GPU, tiled weights and N a multiple of 128, got N={n}")
+        raise ValueError(
+            f"the wgmma GEMM needs an SM90 GPU, Triton's Gluon, tiled weights and N a multiple of 128, got N={n}"
+        )
     return ok
 
 
@@ -267,7 +273,7 @@ def gemm_args(
     a_packed, a_scales, a_global_decode, b_packed, b_scales, b_global_decode, offsets, tiled, wgmma=False
 ) -> tuple:
     """(the GEMM kernels' positional arguments, the output among them) for `grouped_gemm`'s inputs, after
-    `_prep_a_kernel` made A's bf16 copy (in the K order of the kernel that reads it) and live flags
+    `_prep_a_kernel` made A's decoded copy (in the dtype and K order of the kernel that reads it) and live flags
     (bench/probe_gemm_configs.py launches the kernels at chosen tiles with these)."""
     rows, half_k = a_packed.shape
     k = half_k * 2
@@ -303,8 +309,8 @@ def gemm_args(
 
 
 def tuned_config() -> str:
-    """The tile the autotuner picked for the GEMM kernel that ran last in this process (bench reports it
-    next to the timing)."""
+    """The tile of the GEMM kernel that ran last in this process, autotuned (tl.dot) or fixed (wgmma):
+    bench reports it next to the timing."""
     if _last_kernel == "wgmma":
         from fp4check.kernels.triton import grouped_gemm_sm90
 
