@@ -54,8 +54,7 @@ def wgmma_launcher(cfg: dict):
 
     def run(*inputs):
         args, out = gg.gemm_args(*inputs, tiled=True, wgmma=True)
-        rows, n = out.shape
-        info["c"] = sm90.launch(args, rows, n, (cfg["BM"], cfg["BT"], cfg["S"]))
+        info["c"] = sm90.launch(args, (cfg["BM"], cfg["BT"], cfg["S"]))
         return out
 
     return run, info

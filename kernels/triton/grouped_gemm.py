@@ -236,7 +236,7 @@ def grouped_gemm(
     if wgmma:
         from fp4check.kernels.triton import grouped_gemm_sm90
 
-        grouped_gemm_sm90.launch(args, rows, n)
+        grouped_gemm_sm90.launch(args)
     else:
         _gemm_kernel[lambda meta: (triton.cdiv(n, meta["BN"]), rows // meta["BT"])](
             *args, DECODE_ASM=decode_asm, TILED=tiled

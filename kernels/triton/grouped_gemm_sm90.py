@@ -35,8 +35,8 @@ were no faster.
 K order. Thread t (lane % 4) of a fragment holds columns j = 16b + 8h + 2t + p (b = 0..7 k16 blocks,
 h, p = 0, 1) of the step. They are fed from byte 16t + 2b + h of the row piece, nibble p, i.e. from
 k = 32t + 4b + 2h + p. The GEMM sums over K in any order, so `_prep_a_kernel` stores A's copy in that
-order (`A_ORDER`), and every product is the one the `tl.dot` kernel and the emulated backend make: only
-the fp32 accumulation order differs.
+order (`gemm_args(..., wgmma=True)`), and every product is the one the `tl.dot` kernel and the emulated
+backend make: only the fp32 accumulation order differs.
 
 Token tiles with no live row (the zero padding of an expert, `live` flags from the A pass) and tiles
 past offsets[-1] have no K steps and store zeros, as in the `tl.dot` kernel; nothing syncs with the
@@ -63,7 +63,6 @@ from fp4check.kernels.triton.weight_tiles import K_STEP, ROWS
 
 KC = gl.constexpr(K_STEP)
 GROUP = gl.constexpr(ROWS)
-A_ORDER = "wgmma"  # _prep_a_kernel's name for the K order above
 PRODUCER_REGS = gl.constexpr(40)  # the TMA warp holds a few scalars
 CONSUMER_REGS = gl.constexpr(232)  # the second consumer warpgroup (the first gets what is left)
 
@@ -289,12 +288,13 @@ def _sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def launch(args: tuple, rows: int, n: int, config: tuple | None = None, ctas: int | None = None):
-    """Run the kernel on `grouped_gemm`'s arguments (gemm_args with A in `A_ORDER`, tiled weights) at
+def launch(args: tuple, config: tuple | None = None, ctas: int | None = None):
+    """Run the kernel on `grouped_gemm`'s arguments (`gemm_args(..., wgmma=True)`, tiled weights) at
     `config` (BM, BT, STAGES; default CONFIG, or NARROW); returns the compiled kernel (the probe reads its
     registers). One CTA per SM, or per tile where there are fewer, or `ctas` (tests: many tiles a CTA)."""
     global last_config
     a16, live, b_packed, b_scales, *rest = args
+    rows, n = a16.shape[0], b_packed.shape[1]
     bm, bt, stages = config or (CONFIG if n % CONFIG[0] == 0 else NARROW)
     last_config = f"BM={bm}, BT={bt}, STAGES={stages}"
     descs = _descriptors(a16, b_packed, b_scales.view(torch.uint8), bt)
