@@ -3,11 +3,13 @@ MoE shapes, with the registers, shared memory and resident CTAs per SM of each c
 
 Usage (GPU machine, repository root): python3 bench/probe_gemm_configs.py [l1|l2] [uniform|skewed] [grid]
 grid: the tl.dot kernel at "full" (every tile whose accumulator fits) or "pick:BN,BT,warps,stages;...";
-the SM90 wgmma kernel (grouped_gemm_sm90) at "wgmma" (its CONFIG, NARROW and two others) or
-"wgmma:BM,BT,stages;...". Prints one line per config: median ms of 20 runs (L2 flushed, inputs
-rotated), share of the bf16 matmul rate in useful flops, cos against the autotuned tl.dot kernel's
-output. PROBE_ONCE=1 launches each config once and times nothing (for Nsight Compute:
-ncu -k regex:_gemm ... python3 bench/probe_gemm_configs.py ...).
+the SM90 wgmma kernel (grouped_gemm_sm90) at "wgmma": its CONFIGS over the whole tile plan, then each
+token tile size's launch alone at its config and at others, or "wgmma:BT=BM,stages;..." (those sizes
+alone; "all" for the whole plan); PROBE_CTAS=n runs n persistent CTAs. Prints one line per config:
+median ms of 20 runs (L2 flushed, inputs rotated), share of the bf16 matmul rate in useful flops (of the
+whole GEMM, also for one size's launch alone), cos against the autotuned tl.dot kernel's output (for the
+whole plan only). PROBE_ONCE=1 launches each config once and times nothing (for Nsight Compute: ncu -k
+regex:_gemm ... python3 bench/probe_gemm_configs.py ...).
 """
 
 from __future__ import annotations
@@ -52,9 +54,14 @@ def wgmma_launcher(cfg: dict):
 
     info = {}
 
+    configs, sizes = dict(sm90.CONFIGS), sm90.TOKEN_TILES
+    ctas = int(os.environ.get("PROBE_CTAS", 0)) or None  # fewer CTAs than SMs: per-SM speed apart from DRAM
+    if cfg["BT"] != "all":
+        configs[cfg["BT"]], sizes = (cfg["BM"], cfg["S"]), (cfg["BT"],)
+
     def run(*inputs):
         args, out = gg.gemm_args(*inputs, tiled=True, wgmma=True)
-        info["c"] = sm90.launch(args, (cfg["BM"], cfg["BT"], cfg["S"]))
+        info["c"] = sm90.launch(args, configs, ctas, sizes=sizes)[-1]
         return out
 
     return run, info
@@ -70,11 +77,21 @@ def occupancy(c, warps: int) -> tuple[int, int, int]:
 def grid(name: str) -> list[dict]:
     """ "full": every tile whose fp32 accumulator fits in 128 registers a thread; "pick:BN,BT,W,S;...": those."""
     if name.startswith("wgmma"):
-        from fp4check.kernels.triton.grouped_gemm_sm90 import CONFIG, NARROW
+        from fp4check.kernels.triton.grouped_gemm_sm90 import CONFIGS, NARROW
 
-        others = [CONFIG, NARROW, (256, 64, 5), (256, 128, 3)]
-        picks = others if name == "wgmma" else [tuple(int(v) for v in i.split(",")) for i in name[6:].split(";")]
-        return [dict(BM=bm, BT=bt, S=st, W=12) for bm, bt, st in picks]  # 2 x 4 MMA warps, the TMA warp's 4
+        if name == "wgmma":
+            others = {16: [(256, 6)], 32: [(256, 7)], 64: [(256, 5)], 128: [(256, 2)]}
+            picks = [("all", 256, 0)] + [(bt, *CONFIGS[bt]) for bt in CONFIGS]
+            picks += [(bt, *c) for bt in CONFIGS for c in [NARROW[bt], *others[bt]]]
+        else:
+            picks = []
+            for item in name[6:].split(";"):
+                if item == "all":
+                    picks.append(("all", 256, 0))
+                    continue
+                bt, cfg = item.split("=")
+                picks.append((int(bt), *(int(v) for v in cfg.split(","))))
+        return [dict(BM=bm, BT=bt, S=st, W=12) for bt, bm, st in picks]  # 2 x 4 MMA warps, the TMA warp's 4
     if name == "full":
         return [
             dict(BN=bn, BT=bt, W=w, S=s)
@@ -103,6 +120,15 @@ def main() -> None:
         return
     ref = gg.grouped_gemm(*tiled[0], tiled=True, kernel="tl.dot")
     print(f"{op} {routing} rows {rows} bf16 matmul {flops / 1e12:.0f} TF/s", flush=True)
+    if which.startswith("wgmma"):
+        from fp4check.kernels.triton.grouped_gemm_sm90 import build_plan
+        from fp4check.kernels.triton.tile_plan import TOKEN_TILES
+
+        args, _ = gg.gemm_args(*tiled[0], tiled=True, wgmma=True)
+        blocks = build_plan(args[1], args[7])[1].tolist()
+        print("  plan: blocks per token tile size", dict(zip(TOKEN_TILES, blocks, strict=True)), flush=True)
+        t = time_op(lambda *a: gg.gemm_args(*a, tiled=True, wgmma=True)[1], tiled, 20)
+        print(f"  A's f16 copy, live flags (gemm_args) alone: {t.median_us / 1e3:.3f} ms", flush=True)
     for kernel in ("tl.dot", "auto"):
         t = time_op(lambda *a, kernel=kernel: gg.grouped_gemm(*a, tiled=True, kernel=kernel), tiled, 20)
         frac = useful / t.median_us / 1e6 / flops * 1e12
@@ -119,6 +145,8 @@ def main() -> None:
             continue
         comp = time.time() - t0
         cos = torch.nn.functional.cosine_similarity(out.float().flatten(), ref.float().flatten(), dim=0).item()
+        if "BM" in cfg and cfg["BT"] != "all":
+            cos = float("nan")  # one size's launch writes only its blocks
         t = time_op(run, tiled, 20)
         regs, smem, occ = occupancy(info["c"], cfg["W"])
         frac = useful / t.median_us / 1e6 / flops * 1e12

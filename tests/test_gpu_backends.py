@@ -333,20 +333,24 @@ def _sm90() -> bool:
 
 @pytest.mark.skipif(not _sm90(), reason="the wgmma GEMM (grouped_gemm_sm90) runs on SM90 GPUs only")
 def test_wgmma_gemm_conforms_at_every_tile(triton_backend):
-    """The SM90 kernel at its tiles, into a NaN-poisoned output, against the emulated pipeline and the
-    tl.dot kernel: experts with 0, 5, 64 and 200 rows (zero padding: skipped tiles), a plan 256 rows past
-    offsets[-1] whose rows hold non-zero garbage (written as zeros), two global scales in w13, 5 K steps
-    (not a multiple of the ring's depth); with one CTA per tile, and with 2 or 3 persistent CTAs that
-    carry the ring's slots and phases across 16 to 22 tiles each."""
+    """The SM90 kernel, into a NaN-poisoned output, against the emulated pipeline and the tl.dot kernel:
+    experts with 130, 0, 5, 200, 64, 20 and 40 rows (zero padding), so the tile plan has blocks of every
+    token tile size (16 to 128 rows), and a plan 256 rows past offsets[-1] whose rows hold non-zero
+    garbage (written as zeros); two global scales in w13, 5 K steps (not a multiple of any ring's depth);
+    at the default tiles, the narrow ones and other ring depths, with one CTA per tile and with 2 or 3
+    persistent CTAs that carry the ring's slots and phases across many tiles, the 128-row tiles on a
+    second stream. The GPU's tile plan is the rule's (`tile_plan.plan_reference`), and it splits the SMs
+    between the 128-row tiles and the others by their cost."""
     from fp4check.kernels.contract import NVFP4Activation
     from fp4check.kernels.emulated.moe import grouped_gemm_nvfp4
     from fp4check.kernels.triton import grouped_gemm_sm90 as sm90
     from fp4check.kernels.triton.grouped_gemm import gemm_args, grouped_gemm
+    from fp4check.kernels.triton.tile_plan import TOKEN_TILES, plan_reference
     from fp4check.kernels.triton.weight_tiles import tile_
     from fp4check.metrics import compare
     from fp4check.references.swizzle import swizzle_128x4, unswizzle_128x4
 
-    a, b, offsets = _moe_operands(5, 512, 640, [130, 0, 5, 200, 64], 2, seed=5)
+    a, b, offsets = _moe_operands(7, 512, 640, [130, 0, 5, 200, 64, 20, 40], 2, seed=5)
     want = grouped_gemm_nvfp4(a, b, offsets).float()
     extra = 256
     lin = unswizzle_128x4(a.scales, a.rows, a.cols // 16).view(torch.uint8)
@@ -357,16 +361,28 @@ def test_wgmma_gemm_conforms_at_every_tile(triton_backend):
     tile_(args[3], args[4])
     dot = grouped_gemm(*args, tiled=True, kernel="tl.dot").float().cpu()
     assert torch.allclose(dot[: a.rows], want, rtol=2**-6, atol=1e-3) and not dot[a.rows :].any()
-    runs = [(c, None) for c in (sm90.CONFIG, sm90.NARROW, (256, 128, 3))] + [(sm90.CONFIG, 2), (sm90.NARROW, 3)]
-    for config, ctas in runs:
+
+    kargs, _ = gemm_args(*args, tiled=True, wgmma=True)
+    live, dev_offsets = kargs[1], kargs[7]
+    plan, counts, split = sm90.build_plan(live, dev_offsets, 132)
+    ref = plan_reference(live.cpu(), dev_offsets.cpu())
+    assert [plan[i, :c].tolist() for i, c in enumerate(counts.tolist())] == ref
+    assert all(ref), f"a token tile size with no block: {[len(r) for r in ref]}"
+    small, hot = split.tolist()  # CTAs for the 16- to 64-row tiles and for the 128-row ones, by their cost
+    cost = [len(r) * sm90.TILE_COST[bt] for r, bt in zip(ref, TOKEN_TILES, strict=True)]
+    assert small + hot == 132 and abs(hot - 132 * cost[-1] / sum(cost)) <= 1, (small, hot, cost)
+
+    other = {16: (256, 7), 32: (256, 7), 64: (256, 3), 128: (256, 2)}  # ring depths
+    runs = [(sm90.CONFIGS, None), (sm90.NARROW, None), (other, None), (sm90.CONFIGS, 2), (sm90.NARROW, 3)]
+    for configs, ctas in runs:
         kargs, out = gemm_args(*args, tiled=True, wgmma=True)
         out.fill_(float("nan"))
-        sm90.launch(kargs, config, ctas)
+        sm90.launch(kargs, configs, ctas)
         got = out.float().cpu()
         m = compare(got[: a.rows], want)
-        assert m["nan_out"] == 0 and got.abs().amax() > 0 and m["cosine"] > 0.99999, (config, ctas, m)
-        assert torch.allclose(got[: a.rows], want, rtol=2**-6, atol=1e-3), (config, ctas)
-        assert torch.allclose(got, dot, rtol=2**-6, atol=1e-3) and not got[a.rows :].any(), (config, ctas)
+        assert m["nan_out"] == 0 and got.abs().amax() > 0 and m["cosine"] > 0.99999, (configs, ctas, m)
+        assert torch.allclose(got[: a.rows], want, rtol=2**-6, atol=1e-3), (configs, ctas)
+        assert torch.allclose(got, dot, rtol=2**-6, atol=1e-3) and not got[a.rows :].any(), (configs, ctas)
 
 
 def test_grouped_gemm_ptx_decode_equals_the_plain_op_decode(triton_backend):

@@ -6,8 +6,8 @@ different global scales). Equal to the emulated backend up to fp32 accumulation 
 
 Two kernels share this module's front end (`gemm_args`: A's decoded copy and live flags): `_gemm_kernel`
 here, `tl.dot`, for any GPU Triton targets and either weight layout; and on SM90 with tiled weights the
-warp-specialized Gluon kernel of `grouped_gemm_sm90`, taking 19-25% less time at the Pro shapes, which
-`grouped_gemm` picks there (kernel="auto").
+warp-specialized Gluon kernel of `grouped_gemm_sm90` with its tile plan, taking 31-47% less time at the
+Pro shapes, which `grouped_gemm` picks there (kernel="auto").
 
 Why the `tl.dot` kernel is shaped this way (MoE decode shapes: ~64 rows per expert, so every weight
 element is decoded for few rows):
@@ -24,9 +24,9 @@ element is decoded for few rows):
   (`_prep_a_kernel`, which decodes A to bf16 for every N tile), and the two tiles are joined into one
   [BN, 128] operand for one K = 128 dot per step.
 - 64-row token tiles with no non-zero A scale (the padding of experts with <= 64 rows) skip the K loop,
-  as do tiles past offsets[-1] (a plan sized before routing); both write acc x alpha = 0. The flags come
-  from the A pass, the tile -> expert map from offsets, both on the GPU: no host sync, so the launch can
-  be captured in a CUDA graph.
+  as do tiles past offsets[-1] (a plan sized before routing); both write acc x alpha = 0. The flags (one
+  per 16 rows, `_live_kernel`) come from A's scales, the tile -> expert map from offsets, both on the
+  GPU: no host sync, so the launch can be captured in a CUDA graph.
 - Weights reordered once at load so that each 64-row group's K step is one 4 KB block (`weight_tiles`,
   TILED; the backend's `prepare_weights`) take 23-28% less time on the H100 than row-major ones, which
   still work (TILED=False).
@@ -101,26 +101,53 @@ def _decode_ops(packed, scale):
 
 
 @triton.jit
-def _prep_a_kernel(a_ptr, as_ptr, out_ptr, live_ptr, K, col_tiles, WGMMA_ORDER: tl.constexpr):
-    """A [64 rows, KC] decoded in the K order the GEMM's weight decode produces (per KC step): bf16 in the
+def _live_kernel(as_ptr, live_ptr, col_tiles, CT: tl.constexpr):
+    """The live flag of each 16-row chunk of a 128-row block: any non-zero scale byte (a row of zero
+    scales decodes to zeros), over CT of the block's 512-byte swizzle tiles (`swizzled_offsets`: row
+    a + 32b of the block is word 4a + b of a tile, so word w belongs to chunk w // 64 + 2 (w % 4))."""
+    ct = tl.program_id(1) * CT + tl.arange(0, CT)
+    words = tl.load(
+        as_ptr.to(tl.pointer_type(tl.int32)) + (tl.program_id(0) * col_tiles + ct[:, None]) * 128 + tl.arange(0, 128),
+        mask=ct[:, None] < col_tiles,
+        other=0,
+    )
+    f = tl.max(tl.max(tl.reshape((words != 0).to(tl.int32), (CT, 2, 16, 4)), axis=0), axis=1)  # [w//64, w%4]
+    tl.atomic_max(live_ptr + tl.program_id(0) * 8 + tl.arange(0, 8), tl.reshape(tl.permute(f, (1, 0)), (8,)))
+
+
+@triton.jit
+def _span(flags, MIN_SPAN: tl.constexpr):
+    """Rows of 128-row blocks the GEMM reads, from their chunk flags [n, 8]: the smallest of 16, 32, 64,
+    128 (at least MIN_SPAN) that reaches past the last live chunk, 0 for none (`tile_plan`'s rule)."""
+    last = tl.max(tl.where(flags > 0, tl.arange(0, 8)[None, :], -1), axis=1)
+    span = tl.where(last < 1, 16, tl.where(last < 2, 32, tl.where(last < 4, 64, 128)))
+    return tl.where(last < 0, 0, tl.maximum(span, MIN_SPAN))
+
+
+@triton.jit
+def _prep_a_kernel(a_ptr, as_ptr, out_ptr, live_ptr, K, col_tiles, MIN_SPAN: tl.constexpr, WGMMA_ORDER: tl.constexpr):
+    """A [64 rows, K] decoded in the K order the GEMM's weight decode produces (per KC step): bf16 in the
     nibble-split order here (the even columns, then the odd ones), or f16 in grouped_gemm_sm90's (column
-    16b + 8h + 2t + p holds k = 32t + 4b + 2p + h); and the 64-row tile's live flag: any non-zero scale
-    byte (a row of zero scales decodes to zeros)."""
+    16b + 8h + 2t + p holds k = 32t + 4b + 2p + h). Only the rows the GEMM reads (`_span` of the block's
+    live flags, from `_live_kernel`): the expert padding past them is neither read nor written."""
     r = tl.program_id(0) * 64 + tl.arange(0, 64)
-    k0 = tl.program_id(1) * KC
-    cols = k0 // 2 + tl.arange(0, KC // 2)
-    p = tl.load(a_ptr + r[:, None].to(tl.int64) * (K // 2) + cols[None, :])
-    s_bytes = tl.load(as_ptr + swizzled_offsets(r, k0 // 16 + tl.arange(0, KC // 16), col_tiles))
-    lo, hi = _decode_ops(p, _per_byte(s_bytes.to(tl.float8e4nv, bitcast=True).to(tl.float32), 64))
-    row = out_ptr + r[:, None].to(tl.int64) * K + k0
-    if WGMMA_ORDER:  # (row, byte 16t + 2b + p, nibble h) -> column 16b + 8h + 2t + p
-        w = tl.permute(tl.reshape(tl.join(lo, hi), (64, 4, 8, 2, 2)), (0, 2, 4, 1, 3))
-        tl.store(row + tl.arange(0, KC)[None, :], tl.reshape(w, (64, KC)).to(tl.float16))
-    else:
-        base = row + tl.arange(0, KC // 2)[None, :]
-        tl.store(base, lo)
-        tl.store(base + KC // 2, hi)
-    tl.atomic_max(live_ptr + tl.program_id(0), tl.max(tl.max(s_bytes, axis=1), axis=0).to(tl.int32))
+    span = _span(tl.load(live_ptr + (tl.program_id(0) // 2) * 8 + tl.arange(0, 8)[None, :]), MIN_SPAN)  # [1]
+    read = r[:, None] % 128 < span[None, :]
+    a_rows = a_ptr + r[:, None].to(tl.int64) * (K // 2) + tl.arange(0, KC // 2)[None, :]
+    out_rows = out_ptr + r[:, None].to(tl.int64) * K
+    # one program a 64-row tile, every K step: the padding's programs (most of them under skewed routing)
+    # read their flags and stop, where a program per K step each paid a launch
+    for k0 in range(0, tl.where(tl.max(read.to(tl.int32)) > 0, K, 0), KC):
+        p = tl.load(a_rows + k0 // 2, mask=read, other=0)
+        s_bytes = tl.load(as_ptr + swizzled_offsets(r, k0 // 16 + tl.arange(0, KC // 16), col_tiles), mask=read)
+        lo, hi = _decode_ops(p, _per_byte(s_bytes.to(tl.float8e4nv, bitcast=True).to(tl.float32), 64))
+        if WGMMA_ORDER:  # (row, byte 16t + 2b + p, nibble h) -> column 16b + 8h + 2t + p
+            w = tl.permute(tl.reshape(tl.join(lo, hi), (64, 4, 8, 2, 2)), (0, 2, 4, 1, 3))
+            tl.store(out_rows + k0 + tl.arange(0, KC)[None, :], tl.reshape(w, (64, KC)).to(tl.float16), mask=read)
+        else:
+            base = out_rows + k0 + tl.arange(0, KC // 2)[None, :]
+            tl.store(base, lo, mask=read)
+            tl.store(base + KC // 2, hi, mask=read)
 
 
 # Tiles measured at the Pro shapes on the H100 (bench/results/h100_gemm_tiles_probe_20261122d.txt): the
@@ -161,9 +188,7 @@ def _gemm_kernel(
     pid_n = tl.program_id(0)  # N tiles vary fastest: neighbours share the expert's A tile in L2
     pid_t = tl.program_id(1)
     e = tl.load(tile_expert_ptr + (pid_t * BT) // 128)
-    live = tl.load(live_ptr + pid_t * (BT // 64))
-    if BT == 128:
-        live = tl.maximum(live, tl.load(live_ptr + pid_t * 2 + 1))
+    live = tl.max(tl.load(live_ptr + pid_t * (BT // 16) + tl.arange(0, BT // 16)), axis=0)
     live = (live > 0) & (pid_t * BT < tl.load(offsets_ptr + n_experts))
     k_end = tl.where(live, K, 0)
     n = pid_n * BN + tl.arange(0, BN)
@@ -287,8 +312,11 @@ def gemm_args(
     cp = -(-(k // 16) // 4) * 4
     # the wgmma kernel multiplies in f16 (A's values, e2m1 x e4m3, are exact in f16 as in bf16)
     a16 = torch.empty(rows, k, dtype=torch.float16 if wgmma else torch.bfloat16, device=a_packed.device)
-    live = torch.zeros(rows // 64, dtype=torch.int32, device=a_packed.device)
-    _prep_a_kernel[(rows // 64, k // K_STEP)](a_packed, a_scales, a16, live, k, cp // 4, wgmma, num_warps=4)
+    live = torch.zeros(rows // 16, dtype=torch.int32, device=a_packed.device)
+    _live_kernel[(rows // 128, triton.cdiv(cp // 4, 16))](a_scales, live, cp // 4, CT=16, num_warps=4)
+    # the tl.dot kernel reads whole blocks (its tiles are 64 or 128 rows), the wgmma kernel its tile plan's
+    span = 16 if wgmma else 128
+    _prep_a_kernel[(rows // 64,)](a_packed, a_scales, a16, live, k, cp // 4, span, wgmma, num_warps=4)
     args = (
         a16,
         live,

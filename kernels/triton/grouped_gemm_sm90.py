@@ -1,11 +1,12 @@
 """The grouped NVFP4 GEMM's SM90 kernel, in Gluon (Triton's explicit-layout dialect): warp-specialized
-and persistent, the decoded weights fed to wgmma from registers, f16 MMA with fp32 accumulation. On the
-H100 it reaches 53-58% of the bf16 matmul rate at the Pro L1 and L2 shapes with uniform routing, against
-40-45% for the `tl.dot` kernel (bench/results/h100_gemm_ws_probe_20261122f.txt,
-h100_triton_bench_20261122f.csv).
+and persistent, the decoded weights fed to wgmma from registers, f16 MMA with fp32 accumulation, over a
+tile plan built on the GPU (`tile_plan`). On the H100 it reaches 59-64% of the bf16 matmul rate at the
+Pro L1 and L2 shapes with uniform routing and 45-53% with skewed routing, against 40-44% and 28% for
+the `tl.dot` kernel (bench/results/h100_gemm_plan_probe_20261122g.txt, h100_triton_bench_20261122g.csv).
 
 Orientation ("swap AB"): the weights are the MMA's M side (BM = 256 rows a tile, 128 per consumer
-warpgroup), the tokens its N side (BT = 64 rows of one expert). Per CTA, one per SM, looping over tiles:
+warpgroup), the tokens its N side (BT = 16, 32, 64 or 128 rows of one expert: one launch per size, over
+the plan's list of blocks of that size). Per CTA, one per SM, looping over tiles:
 - a producer warp streams every K step of 128 into a ring of STAGES shared-memory slots with TMA: A's
   f16 copy as two [BT, 64] boxes, and per 64-row weight group one 4 KB block of codes and one 512-byte
   block of scales (`weight_tiles`' layout), all on the slot's "ready" mbarrier. It waits on the slot's
@@ -38,9 +39,12 @@ k = 32t + 4b + 2h + p. The GEMM sums over K in any order, so `_prep_a_kernel` st
 order (`gemm_args(..., wgmma=True)`), and every product is the one the `tl.dot` kernel and the emulated
 backend make: only the fp32 accumulation order differs.
 
-Token tiles with no live row (the zero padding of an expert, `live` flags from the A pass) and tiles
-past offsets[-1] have no K steps and store zeros, as in the `tl.dot` kernel; nothing syncs with the
-host, so the launch can be captured in a CUDA graph.
+Blocks with no live row (`live` flags from the A pass) or past offsets[-1] get a tile with no K steps,
+and every tile stores zeros over the rest of its 128-row block, as the `tl.dot` kernel does. The
+128-row tiles (tensor-core bound) run on a second stream beside the smaller ones (bound by the weights'
+DRAM stream and the decode), each launch on the share of the SMs the plan computed from the tile counts
+and TILE_COST; its other CTAs exit at once. Nothing syncs with the host, so the launches, the stream
+fork and the join are captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ from __future__ import annotations
 import functools
 
 import torch
+import triton
+import triton.language as tl
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
@@ -59,6 +65,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from fp4check.kernels.triton.grouped_gemm import _span
+from fp4check.kernels.triton.tile_plan import BLOCK, CHUNK, TOKEN_TILES
 from fp4check.kernels.triton.weight_tiles import K_STEP, ROWS
 
 KC = gl.constexpr(K_STEP)
@@ -85,6 +93,12 @@ cvt.rn.f16x2.e4m3x2 f, h0; mul.rn.f16x2 f, f, sc; mov.b32 {$4, $5}, f;
 cvt.rn.f16x2.e4m3x2 f, h1; mul.rn.f16x2 f, f, sc; mov.b32 {$6, $7}, f;
 }""")
 WEIGHT_GAIN = gl.constexpr(64.0)  # gives back the 2^-6
+BLOCK_ROWS = tl.constexpr(BLOCK)
+BLOCK_FLAGS = tl.constexpr(BLOCK // CHUNK)  # live flags a plan block
+# CTA-microseconds a tile of each token tile size took at BM = 256, K = 7168 on the H100 with a third or
+# half of the SMs busy (bench/results/h100_gemm_plan_probe_20261122g.txt): the split's weights
+TILE_COST = {16: 39, 32: 42, 64: 50, 128: 67}
+COST_16, COST_32, COST_64, COST_128 = (tl.constexpr(TILE_COST[bt]) for bt in TOKEN_TILES)
 
 
 @gluon.constexpr_function
@@ -105,22 +119,19 @@ def _words_layout(nw: int, rm: int, per_row: int) -> gl.DistributedLinearLayout:
 
 
 @gluon.jit
-def _tile(tile, n_m, live_ptr, tile_expert_ptr, offsets_ptr, n_experts, K, BT: gl.constexpr):
+def _tile(tile, n_m, plan_ptr, tile_expert_ptr, K):
     """Tile `tile` (weight tiles vary fastest: neighbours share the expert's token tile in L2) -> its weight
-    tile, token tile, expert and K steps (0 for a tile without a live row or past offsets[-1])."""
+    tile, first row, expert and K steps (0 for a block with no live row: `tile_plan`'s entries)."""
     pid_m = tile % n_m
-    pid_t = tile // n_m
-    e = gl.load(tile_expert_ptr + (pid_t * BT) // 128)
-    live = gl.load(live_ptr + pid_t * (BT // 64))
-    if BT == 128:
-        live = gl.maximum(live, gl.load(live_ptr + pid_t * 2 + 1))
-    live = (live > 0) & (pid_t * BT < gl.load(offsets_ptr + n_experts))
-    return pid_m, pid_t, e, gl.where(live, K // KC, 0)
+    entry = gl.load(plan_ptr + tile // n_m)
+    row0 = entry // 2
+    e = gl.load(tile_expert_ptr + row0 // 128)
+    return pid_m, row0, e, gl.where(entry % 2 == 1, K // KC, 0)
 
 
 @gluon.jit
-def _producer(a_desc, b_desc, s_desc, a_smem, b_smem, s_smem, ready, empty, tiles, n_m, live_ptr, tile_expert_ptr,
-              offsets_ptr, n_experts, N, K):  # fmt: skip
+def _producer(a_desc, b_desc, s_desc, a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m, plan_ptr,
+              tile_expert_ptr, N, K):  # fmt: skip
     """One warp: for each of this CTA's tiles, TMA of every K step into the next ring slot once both
     consumers have freed it, all on the slot's ready barrier: A's two [BT, KC/2] f16 halves, then per
     64-row weight group its [64, KC/2] codes and its 512 scale bytes. It runs ahead into the next tile
@@ -129,16 +140,16 @@ def _producer(a_desc, b_desc, s_desc, a_smem, b_smem, s_smem, ready, empty, tile
     BM: gl.constexpr = b_smem.type.shape[1]  # partition arrive as tensors (Triton 3.6)
     BT: gl.constexpr = a_smem.type.shape[1]
     it = 0  # K steps issued so far: ring slot it % STAGES, phase (it // STAGES) & 1
-    for tile in range(gl.program_id(0), tiles, gl.num_programs(0)):
-        pid_m, pid_t, e, nk = _tile(tile, n_m, live_ptr, tile_expert_ptr, offsets_ptr, n_experts, K, BT)
+    for tile in range(first, tiles, ctas):
+        pid_m, row0, e, nk = _tile(tile, n_m, plan_ptr, tile_expert_ptr, K)
         g0 = e * (N // GROUP) + pid_m * (BM // GROUP)
         for step in range(nk):
             slot = it % STAGES
             mbarrier.wait(empty.index(slot), ((it // STAGES) & 1) ^ 1)  # passes at once on the first round
             bar = ready.index(slot)
             mbarrier.expect(bar, 2 * BT * KC + (BM // GROUP) * GROUP * (KC // 2 + KC // 16))
-            tma.async_copy_global_to_shared(a_desc, [pid_t * BT, step * KC], bar, a_smem.index(2 * slot))
-            tma.async_copy_global_to_shared(a_desc, [pid_t * BT, step * KC + KC // 2], bar, a_smem.index(2 * slot + 1))
+            tma.async_copy_global_to_shared(a_desc, [row0, step * KC], bar, a_smem.index(2 * slot))
+            tma.async_copy_global_to_shared(a_desc, [row0, step * KC + KC // 2], bar, a_smem.index(2 * slot + 1))
             for j in gl.static_range(BM // GROUP):
                 block = (g0 + j) * (K // KC) + step  # weight_tiles: group g's step is block g * K/KC + step
                 tma.async_copy_global_to_shared(
@@ -159,11 +170,11 @@ def _weights(b_smem, s_smem, slot, ROW0: gl.constexpr, BM: gl.constexpr, LP: gl.
 
 
 @gluon.jit
-def _consumer(a_smem, b_smem, s_smem, ready, empty, tiles, n_m, live_ptr, tile_expert_ptr, offsets_ptr, n_experts,
-              N, K, ag_ptr, bg_ptr, groups, n_per_group, out_ptr, HALF: gl.constexpr):  # fmt: skip
+def _consumer(a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m, plan_ptr, tile_expert_ptr, N, K, ag_ptr,
+              bg_ptr, groups, n_per_group, out_ptr, HALF: gl.constexpr):  # fmt: skip
     """One warpgroup, weight rows HALF x BM/2 .. of each tile: decode step i + 1 in registers while step i's
     wgmma runs, free a slot once its wgmma is done (one arrive per consumer), then scale by alpha and store
-    out[tokens, rows]."""
+    out[tokens, rows], and zeros over the rest of the tile's 128-row block (no live row there)."""
     STAGES: gl.constexpr = b_smem.type.shape[0]
     BM: gl.constexpr = b_smem.type.shape[1] // 2
     BT: gl.constexpr = a_smem.type.shape[1]
@@ -176,33 +187,53 @@ def _consumer(a_smem, b_smem, s_smem, ready, empty, tiles, n_m, live_ptr, tile_e
     DOT: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     LO: gl.constexpr = gl.BlockedLayout([8, 1], [16, 2], [1, NW], [0, 1])  # n fastest: coalesced stores
     it = 0  # K steps consumed so far, as the producer counts them
-    for tile in range(gl.program_id(0), tiles, gl.num_programs(0)):
-        pid_m, pid_t, e, nk = _tile(tile, n_m, live_ptr, tile_expert_ptr, offsets_ptr, n_experts, K, BT)
+    for tile in range(first, tiles, ctas):
+        pid_m, row0, e, nk = _tile(tile, n_m, plan_ptr, tile_expert_ptr, K)
         mbarrier.wait(ready.index(it % STAGES), (it // STAGES) & 1, pred=nk > 0)
         p, s = _weights(b_smem, s_smem, it % STAGES, ROW0, BM, LP, LS)
         w0, w1 = _decode(p, s, BM, LP, DOT)
         acc = gl.zeros((BM, BT), dtype=gl.float32, layout=MMA)
-        for i in range(nk):
-            slot = it % STAGES
-            acc = warpgroup_mma(w0, a_smem.index(2 * slot).permute((1, 0)), acc, is_async=True)
-            acc = warpgroup_mma(w1, a_smem.index(2 * slot + 1).permute((1, 0)), acc, is_async=True)
-            nxt = it + 1  # the tile's last step decodes the next slot's stale bytes, never used
-            mbarrier.wait(ready.index(nxt % STAGES), (nxt // STAGES) & 1, pred=i + 1 < nk)
-            p, s = _weights(b_smem, s_smem, nxt % STAGES, ROW0, BM, LP, LS)
-            d0, d1 = _decode(p, s, BM, LP, DOT)
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-            _hold(w0)  # step i's A fragments stay untouched until here (the decode above wrote others)
-            _hold(w1)
-            fence_async_shared()  # this slot's reads before the producer's next TMA writes into it
-            mbarrier.arrive(empty.index(slot), count=1)
-            w0 = d0
-            w1 = d1
+        # two steps a turn, so that the decoded operands alternate between two sets of registers: with one
+        # step a turn, ptxas copied the next step's 64 registers into the current step's every step
+        for i in range(nk // 2):
+            acc, d0, d1 = _step(w0, w1, acc, a_smem, b_smem, s_smem, ready, empty, it, True, ROW0, LP, LS, DOT)
+            acc, w0, w1 = _step(d0, d1, acc, a_smem, b_smem, s_smem, ready, empty, it + 1, 2 * i + 2 < nk, ROW0,
+                                LP, LS, DOT)  # fmt: skip
+            it += 2
+        if nk % 2 == 1:
+            acc, w0, w1 = _step(w0, w1, acc, a_smem, b_smem, s_smem, ready, empty, it, False, ROW0, LP, LS, DOT)
             it += 1
         out = gl.convert_layout(acc, LO)
         n = pid_m * 2 * BM + ROW0 + gl.arange(0, BM, layout=gl.SliceLayout(1, LO))
-        t = pid_t * BT + gl.arange(0, BT, layout=gl.SliceLayout(0, LO))
+        t = row0 + gl.arange(0, BT, layout=gl.SliceLayout(0, LO))
         alpha = gl.load(ag_ptr) * gl.load(bg_ptr + e * groups + n // n_per_group) * WEIGHT_GAIN
-        gl.store(out_ptr + t[None, :].to(gl.int64) * N + n[:, None], (out * alpha[:, None]).to(gl.bfloat16))
+        dst = out_ptr + t[None, :].to(gl.int64) * N + n[:, None]
+        gl.store(dst, (out * alpha[:, None]).to(gl.bfloat16))
+        for z in gl.static_range(1, 128 // BT):
+            gl.store(dst + z * BT * N, gl.zeros((BM, BT), gl.bfloat16, LO))
+
+
+@gluon.jit
+def _step(w0, w1, acc, a_smem, b_smem, s_smem, ready, empty, it, more, ROW0: gl.constexpr, LP: gl.constexpr,
+          LS: gl.constexpr, DOT: gl.constexpr):  # fmt: skip
+    """K step `it` of a consumer: its two wgmmas on the decoded operands w0, w1, meanwhile step it + 1's
+    decode (its slot's stale bytes, never used, where there is no `more` step), then the wait and the
+    slot freed. Returns (acc, step it + 1's operands)."""
+    STAGES: gl.constexpr = b_smem.type.shape[0]
+    BM: gl.constexpr = b_smem.type.shape[1] // 2
+    slot = it % STAGES
+    acc = warpgroup_mma(w0, a_smem.index(2 * slot).permute((1, 0)), acc, is_async=True)
+    acc = warpgroup_mma(w1, a_smem.index(2 * slot + 1).permute((1, 0)), acc, is_async=True)
+    nxt = it + 1
+    mbarrier.wait(ready.index(nxt % STAGES), (nxt // STAGES) & 1, pred=more)
+    p, s = _weights(b_smem, s_smem, nxt % STAGES, ROW0, BM, LP, LS)
+    d0, d1 = _decode(p, s, BM, LP, DOT)
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+    _hold(w0)  # step it's operands stay untouched until here (the decode above wrote others)
+    _hold(w1)
+    fence_async_shared()  # this slot's reads before the producer's next TMA writes into it
+    mbarrier.arrive(empty.index(slot), count=1)
+    return acc, d0, d1
 
 
 @gluon.jit
@@ -231,10 +262,10 @@ def _hold(w):
 
 
 @gluon.jit
-def _gemm_sm90_kernel(a_desc, b_desc, s_desc, live_ptr, bg_ptr, ag_ptr, tile_expert_ptr, offsets_ptr, n_experts,
-                      out_ptr, N, K, groups, n_per_group, rows,
-                      BM: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr):  # fmt: skip
-    """Persistent: a CTA per SM takes tiles pid, pid + grid, ... of the (N / BM) x (rows / BT) plan."""
+def _gemm_sm90_kernel(a_desc, b_desc, s_desc, plan_ptr, count_ptr, ctas_ptr, bg_ptr, ag_ptr, tile_expert_ptr, out_ptr,
+                      N, K, groups, n_per_group, BM: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr):  # fmt: skip
+    """Persistent: CTA pid < ctas (the plan's share of the SMs for this launch) takes tiles pid, pid +
+    ctas, ... of (N / BM) weight tiles x the plan's list of BT-row token tiles; the others exit."""
     a_smem = gl.allocate_shared_memory(gl.float16, [2 * STAGES, BT, KC // 2], a_desc.layout)
     b_smem = gl.allocate_shared_memory(gl.uint8, [STAGES, BM, KC // 2], b_desc.layout)
     s_smem = gl.allocate_shared_memory(gl.uint8, [STAGES, 2 * BM // GROUP, GROUP * KC // 32], s_desc.layout)
@@ -244,25 +275,75 @@ def _gemm_sm90_kernel(a_desc, b_desc, s_desc, live_ptr, bg_ptr, ag_ptr, tile_exp
         mbarrier.init(ready.index(st), count=1)
         mbarrier.init(empty.index(st), count=2)  # one arrive from each consumer warpgroup
     n_m = N // BM
-    tiles = n_m * (rows // BT)
+    tiles = n_m * gl.load(count_ptr)
+    ctas = gl.maximum(gl.load(ctas_ptr), 1)
+    first = gl.where(gl.program_id(0) < ctas, gl.program_id(0), tiles)
     gl.warp_specialize(
-        [(_consumer, (a_smem, b_smem, s_smem, ready, empty, tiles, n_m, live_ptr, tile_expert_ptr, offsets_ptr,
-                      n_experts, N, K, ag_ptr, bg_ptr, groups, n_per_group, out_ptr, 0)),
-         (_consumer, (a_smem, b_smem, s_smem, ready, empty, tiles, n_m, live_ptr, tile_expert_ptr, offsets_ptr,
-                      n_experts, N, K, ag_ptr, bg_ptr, groups, n_per_group, out_ptr, 1)),
-         (_producer, (a_desc, b_desc, s_desc, a_smem, b_smem, s_smem, ready, empty, tiles, n_m, live_ptr,
-                      tile_expert_ptr, offsets_ptr, n_experts, N, K))],
+        [(_consumer, (a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m, plan_ptr, tile_expert_ptr, N,
+                      K, ag_ptr, bg_ptr, groups, n_per_group, out_ptr, 0)),
+         (_consumer, (a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m, plan_ptr, tile_expert_ptr, N,
+                      K, ag_ptr, bg_ptr, groups, n_per_group, out_ptr, 1)),
+         (_producer, (a_desc, b_desc, s_desc, a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m,
+                      plan_ptr, tile_expert_ptr, N, K))],
         [4, 1],
         [CONSUMER_REGS, PRODUCER_REGS],
     )  # fmt: skip
 
 
-# (BM, BT, STAGES): BM weight rows (two warpgroups of BM / 2), BT tokens a tile, ring depth. Measured on the
-# H100 at the Pro shapes against (256, 64, 5), (128, 64, 8) and (256, 128, 3) (the probe's "wgmma" grid,
-# bench/results/h100_gemm_ws_probe_20261122f.txt); NARROW serves N that 256 does not divide.
-CONFIG = (256, 64, 4)
-NARROW = (128, 64, 8)
-last_config = ""  # the config of the last launch, for bench's CSV
+@triton.jit
+def _plan_kernel(live_ptr, offsets_ptr, n_experts, plan_ptr, count_ptr, split_ptr, total, blocks, BATCH: tl.constexpr):
+    """One program: BATCH blocks at a time, each block's class from its last live chunk, then per class a
+    running prefix sum places the block's entry in that class's list. Then the split of `total` CTAs
+    between the 128-row tiles and the smaller ones, in proportion to their cost (TILE_COST)."""
+    end = tl.load(offsets_ptr + n_experts)
+    chunk = tl.arange(0, BLOCK_FLAGS)  # _span's 8
+    cls_ids = tl.arange(0, 4)
+    counts = tl.zeros([4], dtype=tl.int32)
+    for b0 in range(0, blocks, BATCH):
+        b = b0 + tl.arange(0, BATCH)
+        inside = b < blocks
+        flags = tl.load(live_ptr + b[:, None] * BLOCK_FLAGS + chunk[None, :], mask=inside[:, None], other=0)
+        span = tl.where(b.to(tl.int64) * BLOCK_ROWS < end, _span(flags, 16), 0)  # rows its tile covers
+        cls = tl.where(span <= 16, 0, tl.where(span <= 32, 1, tl.where(span <= 64, 2, 3)))  # TOKEN_TILES index
+        entry = b * (2 * BLOCK_ROWS) + (span > 0).to(tl.int32)
+        for c in tl.static_range(4):
+            mine = (cls == c) & inside
+            base = tl.sum(tl.where(cls_ids == c, counts, 0))
+            pos = base + tl.cumsum(mine.to(tl.int32), 0) - 1
+            tl.store(plan_ptr + c * blocks + pos, entry, mask=mine)
+            counts += tl.where(cls_ids == c, tl.sum(mine.to(tl.int32)), 0)
+    tl.store(count_ptr + cls_ids, counts)
+    cost = counts.to(tl.int64) * tl.where(
+        cls_ids == 0, COST_16, tl.where(cls_ids == 1, COST_32, tl.where(cls_ids == 2, COST_64, COST_128))
+    )
+    hot = tl.sum(tl.where(cls_ids == 3, cost, 0))
+    work = tl.maximum(tl.sum(cost), 1)
+    n_hot = tl.sum(tl.where(cls_ids == 3, counts, 0))
+    n_small = tl.sum(tl.where(cls_ids < 3, counts, 0))
+    h = ((total * hot + work // 2) // work).to(tl.int32)
+    h = tl.minimum(tl.maximum(h, tl.minimum(n_hot, 1)), total - tl.minimum(n_small, 1))
+    tl.store(split_ptr + tl.arange(0, 2), tl.where(tl.arange(0, 2) == 0, total - h, h))
+
+
+def build_plan(live: torch.Tensor, offsets: torch.Tensor, total: int = 1) -> tuple[torch.Tensor, ...]:
+    """`tile_plan`'s rule on the GPU, for 16-row live flags (int32 [rows / 16]) and offsets (int64
+    [E + 1]): (plan int32 [len(TOKEN_TILES), blocks], counts int32 [len(TOKEN_TILES)], split int32 [2]);
+    list i's first counts[i] entries are its tiles; split: CTAs of `total` for the smaller token tiles,
+    for the 128-row ones."""
+    blocks = live.numel() * CHUNK // BLOCK
+    plan = torch.empty(len(TOKEN_TILES), blocks, dtype=torch.int32, device=live.device)
+    counts = torch.empty(len(TOKEN_TILES), dtype=torch.int32, device=live.device)
+    split = torch.empty(2, dtype=torch.int32, device=live.device)
+    _plan_kernel[(1,)](live, offsets, offsets.numel() - 1, plan, counts, split, total, blocks, BATCH=256, num_warps=4)
+    return plan, counts, split
+
+
+# BT (`tile_plan.TOKEN_TILES`) -> (BM, STAGES): BM weight rows a tile (two warpgroups of BM / 2), ring
+# depth. Measured on the H100 at the Pro shapes (the probe's "wgmma" grid, bench/results/); NARROW serves
+# N that 256 does not divide.
+CONFIGS = {16: (256, 8), 32: (256, 6), 64: (256, 4), 128: (256, 3)}
+NARROW = {16: (128, 8), 32: (128, 8), 64: (128, 8), 128: (128, 4)}
+last_config = ""  # the configs of the last launch, for bench's CSV
 
 
 def fits(n: int, k: int, device: torch.device) -> bool:
@@ -288,16 +369,44 @@ def _sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def launch(args: tuple, config: tuple | None = None, ctas: int | None = None):
+@functools.cache
+def _side_stream(index: int) -> torch.cuda.Stream:
+    return torch.cuda.Stream(index)
+
+
+def launch(args: tuple, configs: dict | None = None, ctas: int | None = None, sizes=TOKEN_TILES) -> list:
     """Run the kernel on `grouped_gemm`'s arguments (`gemm_args(..., wgmma=True)`, tiled weights) at
-    `config` (BM, BT, STAGES; default CONFIG, or NARROW); returns the compiled kernel (the probe reads its
-    registers). One CTA per SM, or per tile where there are fewer, or `ctas` (tests: many tiles a CTA)."""
+    `configs` (BT -> (BM, STAGES); default CONFIGS, or NARROW) on one CTA per SM, or `ctas` (tests: many
+    tiles a CTA): the tile plan, then the 128-row tiles on a second stream beside the 16- to 64-row ones
+    on this one, each on its share of the CTAs (the plan's split), joined before return. The 128-row
+    tiles are bound by the tensor cores and the small ones by the weights' DRAM stream: side by side on
+    separate SMs they overlap. `sizes` other than all: only those launches, one after another, each on
+    all CTAs (the probe times them one by one). Returns the compiled kernels (the probe reads their
+    registers)."""
     global last_config
-    a16, live, b_packed, b_scales, *rest = args
-    rows, n = a16.shape[0], b_packed.shape[1]
-    bm, bt, stages = config or (CONFIG if n % CONFIG[0] == 0 else NARROW)
-    last_config = f"BM={bm}, BT={bt}, STAGES={stages}"
-    descs = _descriptors(a16, b_packed, b_scales.view(torch.uint8), bt)
+    a16, live, b_packed, b_scales, bg, ag, tile_expert, offsets, _, out, n, k, groups, n_per_group = args
+    configs = configs or (CONFIGS if n % 256 == 0 else NARROW)
     device = a16.device.index if a16.device.index is not None else torch.cuda.current_device()
-    grid = (min(ctas or _sms(device), n // bm * (rows // bt)),)
-    return _gemm_sm90_kernel[grid](*descs, live, *rest, rows, BM=bm, BT=bt, STAGES=stages, num_warps=4)
+    total = ctas or _sms(device)
+    plan, counts, split = build_plan(live, offsets, total)
+    overlap = tuple(sizes) == TOKEN_TILES
+    if not overlap:
+        split = torch.full((2,), total, dtype=torch.int32, device=a16.device)
+    here = torch.cuda.current_stream(device)
+    side = _side_stream(device) if overlap else here
+    side.wait_stream(here)
+    compiled = []
+    for i, bt in reversed(list(enumerate(TOKEN_TILES))):  # the 128-row launch first, on the side stream
+        if bt not in sizes:
+            continue
+        bm, stages = configs[bt]
+        descs = _descriptors(a16, b_packed, b_scales.view(torch.uint8), bt)
+        grid = (min(total, n // bm * plan.shape[1]),)
+        kargs = (plan[i], counts[i:], split[int(bt == TOKEN_TILES[-1]) :], bg, ag, tile_expert, out, n, k, groups)
+        with torch.cuda.stream(side if bt == TOKEN_TILES[-1] else here):
+            compiled.append(
+                _gemm_sm90_kernel[grid](*descs, *kargs, n_per_group, BM=bm, BT=bt, STAGES=stages, num_warps=4)
+            )
+    here.wait_stream(side)
+    last_config = "; ".join(f"BT={bt}: BM={configs[bt][0]}, STAGES={configs[bt][1]}" for bt in sizes)
+    return compiled
