@@ -48,12 +48,14 @@ import triton.language as tl
 
 from fp4check.kernels.gpu_backend import tile_experts
 from fp4check.kernels.triton.nvfp4_quant import swizzled_offsets
+from fp4check.kernels.triton.tile_plan import BLOCK, CHUNK
 from fp4check.kernels.triton.weight_tiles import K_STEP, ROWS, tileable
 
 KC = tl.constexpr(K_STEP)  # the K step; A's nibble-split order repeats every KC
 GROUP = tl.constexpr(ROWS)  # rows of a tiled weight group
 TWO_POW_118 = tl.constexpr(2.0**118)  # s_b x 2^118 x (e2m1 x 2^-126) = e2m1 x s_b x 2^-8, a normal bf16 for every code
 EPILOGUE_GAIN = tl.constexpr(256.0)  # gives back the 2^-8
+BLOCK_FLAGS = tl.constexpr(BLOCK // CHUNK)  # live flags of a 128-row block, one per 16 rows
 
 # 4 packed bytes ($4) and their 4 scales ($5, $6: bf16x2) -> bf16x2 registers: low nibbles of bytes
 # (0, 1) and (2, 3), then the high nibbles. Each output element comes from the input byte and scale at its
@@ -112,14 +114,15 @@ def _live_kernel(as_ptr, live_ptr, col_tiles, CT: tl.constexpr):
         other=0,
     )
     f = tl.max(tl.max(tl.reshape((words != 0).to(tl.int32), (CT, 2, 16, 4)), axis=0), axis=1)  # [w//64, w%4]
-    tl.atomic_max(live_ptr + tl.program_id(0) * 8 + tl.arange(0, 8), tl.reshape(tl.permute(f, (1, 0)), (8,)))
+    flags = tl.reshape(tl.permute(f, (1, 0)), (BLOCK_FLAGS,))
+    tl.atomic_max(live_ptr + tl.program_id(0) * BLOCK_FLAGS + tl.arange(0, BLOCK_FLAGS), flags)
 
 
 @triton.jit
 def _span(flags, MIN_SPAN: tl.constexpr):
     """Rows of 128-row blocks the GEMM reads, from their chunk flags [n, 8]: the smallest of 16, 32, 64,
     128 (at least MIN_SPAN) that reaches past the last live chunk, 0 for none (`tile_plan`'s rule)."""
-    last = tl.max(tl.where(flags > 0, tl.arange(0, 8)[None, :], -1), axis=1)
+    last = tl.max(tl.where(flags > 0, tl.arange(0, BLOCK_FLAGS)[None, :], -1), axis=1)
     span = tl.where(last < 1, 16, tl.where(last < 2, 32, tl.where(last < 4, 64, 128)))
     return tl.where(last < 0, 0, tl.maximum(span, MIN_SPAN))
 
@@ -131,7 +134,8 @@ def _prep_a_kernel(a_ptr, as_ptr, out_ptr, live_ptr, K, col_tiles, MIN_SPAN: tl.
     16b + 8h + 2t + p holds k = 32t + 4b + 2p + h). Only the rows the GEMM reads (`_span` of the block's
     live flags, from `_live_kernel`): the expert padding past them is neither read nor written."""
     r = tl.program_id(0) * 64 + tl.arange(0, 64)
-    span = _span(tl.load(live_ptr + (tl.program_id(0) // 2) * 8 + tl.arange(0, 8)[None, :]), MIN_SPAN)  # [1]
+    flags = tl.load(live_ptr + (tl.program_id(0) // 2) * BLOCK_FLAGS + tl.arange(0, BLOCK_FLAGS)[None, :])
+    span = _span(flags, MIN_SPAN)  # [1]
     read = r[:, None] % 128 < span[None, :]
     a_rows = a_ptr + r[:, None].to(tl.int64) * (K // 2) + tl.arange(0, KC // 2)[None, :]
     out_rows = out_ptr + r[:, None].to(tl.int64) * K

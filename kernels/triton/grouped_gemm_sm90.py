@@ -65,7 +65,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from fp4check.kernels.triton.grouped_gemm import _span
+from fp4check.kernels.triton.grouped_gemm import BLOCK_FLAGS, _span
 from fp4check.kernels.triton.tile_plan import BLOCK, CHUNK, TOKEN_TILES
 from fp4check.kernels.triton.weight_tiles import K_STEP, ROWS
 
@@ -94,7 +94,6 @@ cvt.rn.f16x2.e4m3x2 f, h1; mul.rn.f16x2 f, f, sc; mov.b32 {$6, $7}, f;
 }""")
 WEIGHT_GAIN = gl.constexpr(64.0)  # gives back the 2^-6
 BLOCK_ROWS = tl.constexpr(BLOCK)
-BLOCK_FLAGS = tl.constexpr(BLOCK // CHUNK)  # live flags a plan block
 # CTA-microseconds a tile of each token tile size took at BM = 256, K = 7168 on the H100 with a third or
 # half of the SMs busy (bench/results/h100_gemm_plan_probe_20261122g.txt): the split's weights
 TILE_COST = {16: 39, 32: 42, 64: 50, 128: 67}
@@ -296,7 +295,7 @@ def _plan_kernel(live_ptr, offsets_ptr, n_experts, plan_ptr, count_ptr, split_pt
     running prefix sum places the block's entry in that class's list. Then the split of `total` CTAs
     between the 128-row tiles and the smaller ones, in proportion to their cost (TILE_COST)."""
     end = tl.load(offsets_ptr + n_experts)
-    chunk = tl.arange(0, BLOCK_FLAGS)  # _span's 8
+    chunk = tl.arange(0, BLOCK_FLAGS)
     cls_ids = tl.arange(0, 4)
     counts = tl.zeros([4], dtype=tl.int32)
     for b0 in range(0, blocks, BATCH):
@@ -394,7 +393,8 @@ def launch(args: tuple, configs: dict | None = None, ctas: int | None = None, si
         split = torch.full((2,), total, dtype=torch.int32, device=a16.device)
     here = torch.cuda.current_stream(device)
     side = _side_stream(device) if overlap else here
-    side.wait_stream(here)
+    if overlap:
+        side.wait_stream(here)
     compiled = []
     for i, bt in reversed(list(enumerate(TOKEN_TILES))):  # the 128-row launch first, on the side stream
         if bt not in sizes:
@@ -407,6 +407,7 @@ def launch(args: tuple, configs: dict | None = None, ctas: int | None = None, si
             compiled.append(
                 _gemm_sm90_kernel[grid](*descs, *kargs, n_per_group, BM=bm, BT=bt, STAGES=stages, num_warps=4)
             )
-    here.wait_stream(side)
+    if overlap:
+        here.wait_stream(side)
     last_config = "; ".join(f"BT={bt}: BM={configs[bt][0]}, STAGES={configs[bt][1]}" for bt in sizes)
     return compiled
