@@ -5,7 +5,10 @@ Usage (GPU machine, repository root): python3 bench/probe_gemm_configs.py [l1|l2
 grid: the tl.dot kernel at "full" (every tile whose accumulator fits) or "pick:BN,BT,warps,stages;...";
 the SM90 wgmma kernel (grouped_gemm_sm90) at "wgmma": its CONFIGS over the whole tile plan, then each
 token tile size's launch alone at its config and at others, or "wgmma:BT=BM,stages;..." (those sizes
-alone; "all" for the whole plan); PROBE_CTAS=n runs n persistent CTAs. Prints one line per config:
+alone; "all" for the whole plan); PROBE_CTAS=n runs n persistent CTAs; PROBE_PREP="span,warps;..." times
+A's copy (gemm_args) at those K spans and warps of `_prep_a_kernel`, each twice, and goes on with the last;
+PROBE_HOT_COST="c1,c2,..." times the whole plan with TILE_COST[128] = c (the SM split), and each side alone
+on its share of the SMs. Prints one line per config:
 median ms of 20 runs (L2 flushed, inputs rotated), share of the bf16 matmul rate in useful flops (of the
 whole GEMM, also for one size's launch alone), cos against the autotuned tl.dot kernel's output (for the
 whole plan only). PROBE_ONCE=1 launches each config once and times nothing (for Nsight Compute: ncu -k
@@ -67,6 +70,29 @@ def wgmma_launcher(cfg: dict):
     return run, info
 
 
+def hot_cost_line(cost: int, tiled: list, args: tuple, useful: float, flops: float) -> None:
+    """The whole plan with TILE_COST[128] = cost, then the 16- to 64-row launches alone on their share of
+    the SMs and the 128-row launch alone on its share: where the two sides' times differ, the split is off."""
+    from fp4check.kernels.triton import grouped_gemm_sm90 as sm90
+
+    before = sm90.TILE_COST[128]
+    sm90.TILE_COST[128] = cost
+    split = sm90.build_plan(args[1], args[7], args[6], sm90._sms(torch.cuda.current_device()))[3].tolist()
+    t = time_op(lambda *a: gg.grouped_gemm(*a, tiled=True, kernel="wgmma"), tiled, 20)
+    frac = useful / t.median_us / 1e6 / flops * 1e12
+    line = f"  hot cost {cost}, split {split}: {t.median_us / 1e3:.3f} ms ({frac:.1%})"
+    for name, sizes, ctas in (("16-64", (16, 32, 64), split[0]), ("128", (128,), split[1])):
+
+        def run(*a, sizes=sizes, ctas=ctas):
+            kargs, out = gg.gemm_args(*a, tiled=True, wgmma=True)
+            sm90.launch(kargs, None, ctas, sizes=sizes)
+            return out
+
+        line += f"; {name} alone on {ctas}: {time_op(run, tiled, 20).median_us / 1e3:.3f} ms"
+    print(line, flush=True)
+    sm90.TILE_COST[128] = before
+
+
 def occupancy(c, warps: int) -> tuple[int, int, int]:
     regs, smem = c.n_regs, c.metadata.shared
     by_regs = REGS_PER_SM // max(1, ((regs + 7) // 8 * 8) * 32 * warps)
@@ -125,10 +151,16 @@ def main() -> None:
         from fp4check.kernels.triton.tile_plan import TOKEN_TILES
 
         args, _ = gg.gemm_args(*tiled[0], tiled=True, wgmma=True)
-        blocks = build_plan(args[1], args[7])[1].tolist()
+        blocks = build_plan(args[1], args[7], args[6])[2].tolist()
         print("  plan: blocks per token tile size", dict(zip(TOKEN_TILES, blocks, strict=True)), flush=True)
+        for prep in [v for v in os.environ.get("PROBE_PREP", "").split(";") if v] * 2:
+            gg.PREP_K_SPAN, gg.PREP_WARPS = (int(v) for v in prep.split(","))
+            t = time_op(lambda *a: gg.gemm_args(*a, tiled=True, wgmma=True)[1], tiled, 20)
+            print(f"  A's copy at K span {gg.PREP_K_SPAN}, {gg.PREP_WARPS} warps: {t.median_us:.1f} us", flush=True)
         t = time_op(lambda *a: gg.gemm_args(*a, tiled=True, wgmma=True)[1], tiled, 20)
         print(f"  A's f16 copy, live flags (gemm_args) alone: {t.median_us / 1e3:.3f} ms", flush=True)
+        for cost in [int(v) for v in os.environ.get("PROBE_HOT_COST", "").split(",") if v]:
+            hot_cost_line(cost, tiled, args, useful, flops)
     for kernel in ("tl.dot", "auto"):
         t = time_op(lambda *a, kernel=kernel: gg.grouped_gemm(*a, tiled=True, kernel=kernel), tiled, 20)
         frac = useful / t.median_us / 1e6 / flops * 1e12

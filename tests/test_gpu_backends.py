@@ -339,8 +339,8 @@ def test_wgmma_gemm_conforms_at_every_tile(triton_backend):
     garbage (written as zeros); two global scales in w13, 5 K steps (not a multiple of any ring's depth);
     at the default tiles, the narrow ones and other ring depths, with one CTA per tile and with 2 or 3
     persistent CTAs that carry the ring's slots and phases across many tiles, the 128-row tiles on a
-    second stream. The GPU's tile plan is the rule's (`tile_plan.plan_reference`), and it splits the SMs
-    between the 128-row tiles and the others by their cost."""
+    second stream. The GPU's tile plan is the rule's (`tile_plan.plan_reference`), each entry with its
+    block's expert, and it splits the SMs between the 128-row tiles and the others by their cost."""
     from fp4check.kernels.contract import NVFP4Activation
     from fp4check.kernels.emulated.moe import grouped_gemm_nvfp4
     from fp4check.kernels.triton import grouped_gemm_sm90 as sm90
@@ -363,10 +363,15 @@ def test_wgmma_gemm_conforms_at_every_tile(triton_backend):
     assert torch.allclose(dot[: a.rows], want, rtol=2**-6, atol=1e-3) and not dot[a.rows :].any()
 
     kargs, _ = gemm_args(*args, tiled=True, wgmma=True)
-    live, dev_offsets = kargs[1], kargs[7]
-    plan, counts, split = sm90.build_plan(live, dev_offsets, 132)
+    live, tile_expert, dev_offsets = kargs[1], kargs[6], kargs[7]
+    plan, experts, counts, split = sm90.build_plan(live, dev_offsets, tile_expert, 132)
     ref = plan_reference(live.cpu(), dev_offsets.cpu())
     assert [plan[i, :c].tolist() for i, c in enumerate(counts.tolist())] == ref
+    # beside each entry the expert of its block (entry = first row * 2 + has K steps)
+    owner = tile_expert.cpu().tolist()
+    assert [experts[i, :c].tolist() for i, c in enumerate(counts.tolist())] == [
+        [owner[e // 256] for e in r] for r in ref
+    ]
     assert all(ref), f"a token tile size with no block: {[len(r) for r in ref]}"
     small, hot = split.tolist()  # CTAs for the 16- to 64-row tiles and for the 128-row ones, by their cost
     cost = [len(r) * sm90.TILE_COST[bt] for r, bt in zip(ref, TOKEN_TILES, strict=True)]

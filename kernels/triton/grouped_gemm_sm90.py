@@ -1,8 +1,8 @@
 """The grouped NVFP4 GEMM's SM90 kernel, in Gluon (Triton's explicit-layout dialect): warp-specialized
 and persistent, the decoded weights fed to wgmma from registers, f16 MMA with fp32 accumulation, over a
-tile plan built on the GPU (`tile_plan`). On the H100 it reaches 59-64% of the bf16 matmul rate at the
-Pro L1 and L2 shapes with uniform routing and 45-53% with skewed routing, against 40-44% and 28% for
-the `tl.dot` kernel (bench/results/h100_gemm_plan_probe_20261122g.txt, h100_triton_bench_20261122g.csv).
+tile plan built on the GPU (`tile_plan`). On the H100 it reaches 58-66% of the bf16 matmul rate at the
+Pro L1 and L2 shapes with uniform routing and 46-49% with skewed routing, against 39-45% and 26-28% for
+the `tl.dot` kernel (bench/results/h100_gemm_prefetch_probe_20261122h.txt, h100_triton_bench_20261122h.csv).
 
 Orientation ("swap AB"): the weights are the MMA's M side (BM = 256 rows a tile, 128 per consumer
 warpgroup), the tokens its N side (BT = 16, 32, 64 or 128 rows of one expert: one launch per size, over
@@ -15,7 +15,9 @@ the plan's list of blocks of that size). Per CTA, one per SM, looping over tiles
   step i + 1 from shared memory (16 bytes of codes per thread and row, exactly its wgmma fragment's
   codes once A's K order matches, below) and decodes them in registers straight into the wgmma
   A-fragment layout (`convert_layout(..., assert_trivial=True)` proves no data moves), then waits for
-  step i and frees the slot. The two warpgroups sync only through the ring's barriers.
+  step i and frees the slot. The two warpgroups sync only through the ring's barriers. Each tile's plan
+  entry, expert and alpha are loaded a tile ahead (the plan stores each entry's expert beside it), so no
+  tile starts or ends on a dependent global load.
 
 f16, not bf16. A nibble's bits placed as an e4m3 byte (magnitude at bits 2..4, sign at bit 7) are the
 e2m1 value x 2^-6, subnormals included (`references.e2m1.e2m1_as_e4m3`), and `cvt.rn.f16x2.e4m3x2`
@@ -97,7 +99,6 @@ BLOCK_ROWS = tl.constexpr(BLOCK)
 # CTA-microseconds a tile of each token tile size took at BM = 256, K = 7168 on the H100 with a third or
 # half of the SMs busy (bench/results/h100_gemm_plan_probe_20261122g.txt): the split's weights
 TILE_COST = {16: 39, 32: 42, 64: 50, 128: 67}
-COST_16, COST_32, COST_64, COST_128 = (tl.constexpr(TILE_COST[bt]) for bt in TOKEN_TILES)
 
 
 @gluon.constexpr_function
@@ -118,19 +119,24 @@ def _words_layout(nw: int, rm: int, per_row: int) -> gl.DistributedLinearLayout:
 
 
 @gluon.jit
-def _tile(tile, n_m, plan_ptr, tile_expert_ptr, K):
-    """Tile `tile` (weight tiles vary fastest: neighbours share the expert's token tile in L2) -> its weight
-    tile, first row, expert and K steps (0 for a block with no live row: `tile_plan`'s entries)."""
-    pid_m = tile % n_m
-    entry = gl.load(plan_ptr + tile // n_m)
-    row0 = entry // 2
-    e = gl.load(tile_expert_ptr + row0 // 128)
-    return pid_m, row0, e, gl.where(entry % 2 == 1, K // KC, 0)
+def _entry(tile, tiles, n_m, plan_ptr, expert_ptr):
+    """Tile `tile`'s plan entry and expert (weight tiles vary fastest: neighbours share the expert's token
+    tile in L2): two independent loads, so that a consumer can issue the next tile's a whole tile ahead;
+    zeros past the last tile."""
+    inside = tile < tiles
+    entry = gl.load(plan_ptr + tile // n_m, mask=inside, other=0)
+    return entry, gl.load(expert_ptr + tile // n_m, mask=inside, other=0)
+
+
+@gluon.jit
+def _tile(tile, entry, n_m, K):
+    """A plan entry (`tile_plan`) -> the tile's weight tile, first row and K steps (0: no live row)."""
+    return tile % n_m, entry // 2, gl.where(entry % 2 == 1, K // KC, 0)
 
 
 @gluon.jit
 def _producer(a_desc, b_desc, s_desc, a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m, plan_ptr,
-              tile_expert_ptr, N, K):  # fmt: skip
+              expert_ptr, N, K):  # fmt: skip
     """One warp: for each of this CTA's tiles, TMA of every K step into the next ring slot once both
     consumers have freed it, all on the slot's ready barrier: A's two [BT, KC/2] f16 halves, then per
     64-row weight group its [64, KC/2] codes and its 512 scale bytes. It runs ahead into the next tile
@@ -140,7 +146,8 @@ def _producer(a_desc, b_desc, s_desc, a_smem, b_smem, s_smem, ready, empty, firs
     BT: gl.constexpr = a_smem.type.shape[1]
     it = 0  # K steps issued so far: ring slot it % STAGES, phase (it // STAGES) & 1
     for tile in range(first, tiles, ctas):
-        pid_m, row0, e, nk = _tile(tile, n_m, plan_ptr, tile_expert_ptr, K)
+        entry, e = _entry(tile, tiles, n_m, plan_ptr, expert_ptr)
+        pid_m, row0, nk = _tile(tile, entry, n_m, K)
         g0 = e * (N // GROUP) + pid_m * (BM // GROUP)
         for step in range(nk):
             slot = it % STAGES
@@ -169,7 +176,7 @@ def _weights(b_smem, s_smem, slot, ROW0: gl.constexpr, BM: gl.constexpr, LP: gl.
 
 
 @gluon.jit
-def _consumer(a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m, plan_ptr, tile_expert_ptr, N, K, ag_ptr,
+def _consumer(a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m, plan_ptr, expert_ptr, N, K, ag_ptr,
               bg_ptr, groups, n_per_group, out_ptr, HALF: gl.constexpr):  # fmt: skip
     """One warpgroup, weight rows HALF x BM/2 .. of each tile: decode step i + 1 in registers while step i's
     wgmma runs, free a slot once its wgmma is done (one arrive per consumer), then scale by alpha and store
@@ -186,8 +193,16 @@ def _consumer(a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m, pla
     DOT: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
     LO: gl.constexpr = gl.BlockedLayout([8, 1], [16, 2], [1, NW], [0, 1])  # n fastest: coalesced stores
     it = 0  # K steps consumed so far, as the producer counts them
+    a_gain = gl.load(ag_ptr) * WEIGHT_GAIN
+    nxt_entry, nxt_e = _entry(first, tiles, n_m, plan_ptr, expert_ptr)
     for tile in range(first, tiles, ctas):
-        pid_m, row0, e, nk = _tile(tile, n_m, plan_ptr, tile_expert_ptr, K)
+        # the next tile's entry and this tile's alpha are loaded here and used a tile later: at the tile's
+        # end, or in the next tile, the global loads' latency (~1 us under load) no longer stalls the warps
+        entry, e = nxt_entry, nxt_e
+        nxt_entry, nxt_e = _entry(tile + ctas, tiles, n_m, plan_ptr, expert_ptr)
+        pid_m, row0, nk = _tile(tile, entry, n_m, K)
+        n = pid_m * 2 * BM + ROW0 + gl.arange(0, BM, layout=gl.SliceLayout(1, LO))
+        alpha = a_gain * gl.load(bg_ptr + e * groups + n // n_per_group)
         mbarrier.wait(ready.index(it % STAGES), (it // STAGES) & 1, pred=nk > 0)
         p, s = _weights(b_smem, s_smem, it % STAGES, ROW0, BM, LP, LS)
         w0, w1 = _decode(p, s, BM, LP, DOT)
@@ -203,9 +218,7 @@ def _consumer(a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m, pla
             acc, w0, w1 = _step(w0, w1, acc, a_smem, b_smem, s_smem, ready, empty, it, False, ROW0, LP, LS, DOT)
             it += 1
         out = gl.convert_layout(acc, LO)
-        n = pid_m * 2 * BM + ROW0 + gl.arange(0, BM, layout=gl.SliceLayout(1, LO))
         t = row0 + gl.arange(0, BT, layout=gl.SliceLayout(0, LO))
-        alpha = gl.load(ag_ptr) * gl.load(bg_ptr + e * groups + n // n_per_group) * WEIGHT_GAIN
         dst = out_ptr + t[None, :].to(gl.int64) * N + n[:, None]
         gl.store(dst, (out * alpha[:, None]).to(gl.bfloat16))
         for z in gl.static_range(1, 128 // BT):
@@ -261,7 +274,7 @@ def _hold(w):
 
 
 @gluon.jit
-def _gemm_sm90_kernel(a_desc, b_desc, s_desc, plan_ptr, count_ptr, ctas_ptr, bg_ptr, ag_ptr, tile_expert_ptr, out_ptr,
+def _gemm_sm90_kernel(a_desc, b_desc, s_desc, plan_ptr, expert_ptr, count_ptr, ctas_ptr, bg_ptr, ag_ptr, out_ptr,
                       N, K, groups, n_per_group, BM: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr):  # fmt: skip
     """Persistent: CTA pid < ctas (the plan's share of the SMs for this launch) takes tiles pid, pid +
     ctas, ... of (N / BM) weight tiles x the plan's list of BT-row token tiles; the others exit."""
@@ -278,22 +291,24 @@ def _gemm_sm90_kernel(a_desc, b_desc, s_desc, plan_ptr, count_ptr, ctas_ptr, bg_
     ctas = gl.maximum(gl.load(ctas_ptr), 1)
     first = gl.where(gl.program_id(0) < ctas, gl.program_id(0), tiles)
     gl.warp_specialize(
-        [(_consumer, (a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m, plan_ptr, tile_expert_ptr, N,
+        [(_consumer, (a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m, plan_ptr, expert_ptr, N,
                       K, ag_ptr, bg_ptr, groups, n_per_group, out_ptr, 0)),
-         (_consumer, (a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m, plan_ptr, tile_expert_ptr, N,
+         (_consumer, (a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m, plan_ptr, expert_ptr, N,
                       K, ag_ptr, bg_ptr, groups, n_per_group, out_ptr, 1)),
          (_producer, (a_desc, b_desc, s_desc, a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m,
-                      plan_ptr, tile_expert_ptr, N, K))],
+                      plan_ptr, expert_ptr, N, K))],
         [4, 1],
         [CONSUMER_REGS, PRODUCER_REGS],
     )  # fmt: skip
 
 
 @triton.jit
-def _plan_kernel(live_ptr, offsets_ptr, n_experts, plan_ptr, count_ptr, split_ptr, total, blocks, BATCH: tl.constexpr):
+def _plan_kernel(live_ptr, offsets_ptr, tile_expert_ptr, n_experts, plan_ptr, expert_ptr, count_ptr, split_ptr, total,
+                 blocks, cost_16, cost_32, cost_64, cost_128, BATCH: tl.constexpr):  # fmt: skip
     """One program: BATCH blocks at a time, each block's class from its last live chunk, then per class a
-    running prefix sum places the block's entry in that class's list. Then the split of `total` CTAs
-    between the 128-row tiles and the smaller ones, in proportion to their cost (TILE_COST)."""
+    running prefix sum places the block's entry, and beside it its expert, in that class's list. Then the
+    split of `total` CTAs between the 128-row tiles and the smaller ones, in proportion to their cost
+    (TILE_COST)."""
     end = tl.load(offsets_ptr + n_experts)
     chunk = tl.arange(0, BLOCK_FLAGS)
     cls_ids = tl.arange(0, 4)
@@ -305,15 +320,17 @@ def _plan_kernel(live_ptr, offsets_ptr, n_experts, plan_ptr, count_ptr, split_pt
         span = tl.where(b.to(tl.int64) * BLOCK_ROWS < end, _span(flags, 16), 0)  # rows its tile covers
         cls = tl.where(span <= 16, 0, tl.where(span <= 32, 1, tl.where(span <= 64, 2, 3)))  # TOKEN_TILES index
         entry = b * (2 * BLOCK_ROWS) + (span > 0).to(tl.int32)
+        expert = tl.load(tile_expert_ptr + b, mask=inside, other=0)
         for c in tl.static_range(4):
             mine = (cls == c) & inside
             base = tl.sum(tl.where(cls_ids == c, counts, 0))
             pos = base + tl.cumsum(mine.to(tl.int32), 0) - 1
             tl.store(plan_ptr + c * blocks + pos, entry, mask=mine)
+            tl.store(expert_ptr + c * blocks + pos, expert, mask=mine)
             counts += tl.where(cls_ids == c, tl.sum(mine.to(tl.int32)), 0)
     tl.store(count_ptr + cls_ids, counts)
     cost = counts.to(tl.int64) * tl.where(
-        cls_ids == 0, COST_16, tl.where(cls_ids == 1, COST_32, tl.where(cls_ids == 2, COST_64, COST_128))
+        cls_ids == 0, cost_16, tl.where(cls_ids == 1, cost_32, tl.where(cls_ids == 2, cost_64, cost_128))
     )
     hot = tl.sum(tl.where(cls_ids == 3, cost, 0))
     work = tl.maximum(tl.sum(cost), 1)
@@ -324,17 +341,34 @@ def _plan_kernel(live_ptr, offsets_ptr, n_experts, plan_ptr, count_ptr, split_pt
     tl.store(split_ptr + tl.arange(0, 2), tl.where(tl.arange(0, 2) == 0, total - h, h))
 
 
-def build_plan(live: torch.Tensor, offsets: torch.Tensor, total: int = 1) -> tuple[torch.Tensor, ...]:
-    """`tile_plan`'s rule on the GPU, for 16-row live flags (int32 [rows / 16]) and offsets (int64
-    [E + 1]): (plan int32 [len(TOKEN_TILES), blocks], counts int32 [len(TOKEN_TILES)], split int32 [2]);
-    list i's first counts[i] entries are its tiles; split: CTAs of `total` for the smaller token tiles,
-    for the 128-row ones."""
+def build_plan(
+    live: torch.Tensor, offsets: torch.Tensor, tile_expert: torch.Tensor, total: int = 1
+) -> tuple[torch.Tensor, ...]:
+    """`tile_plan`'s rule on the GPU, for 16-row live flags (int32 [rows / 16]), offsets (int64 [E + 1]) and
+    each 128-row block's expert (int32): (plan, experts: int32 [len(TOKEN_TILES), blocks], counts int32
+    [len(TOKEN_TILES)], split int32 [2]); list i's first counts[i] entries are its tiles, experts[i] their
+    experts; split: CTAs of `total` for the smaller token tiles, for the 128-row ones."""
     blocks = live.numel() * CHUNK // BLOCK
     plan = torch.empty(len(TOKEN_TILES), blocks, dtype=torch.int32, device=live.device)
+    experts = torch.empty_like(plan)
     counts = torch.empty(len(TOKEN_TILES), dtype=torch.int32, device=live.device)
     split = torch.empty(2, dtype=torch.int32, device=live.device)
-    _plan_kernel[(1,)](live, offsets, offsets.numel() - 1, plan, counts, split, total, blocks, BATCH=256, num_warps=4)
-    return plan, counts, split
+    _plan_kernel[(1,)](
+        live,
+        offsets,
+        tile_expert,
+        offsets.numel() - 1,
+        plan,
+        experts,
+        counts,
+        split,
+        total,
+        blocks,
+        *(TILE_COST[bt] for bt in TOKEN_TILES),
+        BATCH=256,
+        num_warps=4,
+    )
+    return plan, experts, counts, split
 
 
 # BT (`tile_plan.TOKEN_TILES`) -> (BM, STAGES): BM weight rows a tile (two warpgroups of BM / 2), ring
@@ -387,7 +421,7 @@ def launch(args: tuple, configs: dict | None = None, ctas: int | None = None, si
     configs = configs or (CONFIGS if n % 256 == 0 else NARROW)
     device = a16.device.index if a16.device.index is not None else torch.cuda.current_device()
     total = ctas or _sms(device)
-    plan, counts, split = build_plan(live, offsets, total)
+    plan, experts, counts, split = build_plan(live, offsets, tile_expert, total)
     overlap = tuple(sizes) == TOKEN_TILES
     if not overlap:
         split = torch.full((2,), total, dtype=torch.int32, device=a16.device)
@@ -402,7 +436,7 @@ def launch(args: tuple, configs: dict | None = None, ctas: int | None = None, si
         bm, stages = configs[bt]
         descs = _descriptors(a16, b_packed, b_scales.view(torch.uint8), bt)
         grid = (min(total, n // bm * plan.shape[1]),)
-        kargs = (plan[i], counts[i:], split[int(bt == TOKEN_TILES[-1]) :], bg, ag, tile_expert, out, n, k, groups)
+        kargs = (plan[i], experts[i], counts[i:], split[int(bt == TOKEN_TILES[-1]) :], bg, ag, out, n, k, groups)
         with torch.cuda.stream(side if bt == TOKEN_TILES[-1] else here):
             compiled.append(
                 _gemm_sm90_kernel[grid](*descs, *kargs, n_per_group, BM=bm, BT=bt, STAGES=stages, num_warps=4)
