@@ -56,9 +56,10 @@ GROUP = tl.constexpr(ROWS)  # rows of a tiled weight group
 TWO_POW_118 = tl.constexpr(2.0**118)  # s_b x 2^118 x (e2m1 x 2^-126) = e2m1 x s_b x 2^-8, a normal bf16 for every code
 EPILOGUE_GAIN = tl.constexpr(256.0)  # gives back the 2^-8
 BLOCK_FLAGS = tl.constexpr(BLOCK // CHUNK)  # live flags of a 128-row block, one per 16 rows
-# K columns of A one `_prep_a_kernel` program decodes, and its warps: on the H100 at the Pro shapes with
-# skewed routing, 2048 and 8 took 316 us (L1) and 189 us (L2) where one program over all K with 4 warps
-# took 444 and 204-211 (bench/results/h100_gemm_prefetch_probe_20261122h.txt)
+# K columns of A one `_prep_a_kernel` program decodes (a multiple of K_STEP: the K order repeats every
+# step), and its warps: on the H100 at the Pro shapes with skewed routing, 2048 and 8 took 316 us (L1)
+# and 189 us (L2) where one program over all K with 4 warps took 444 and 204-211
+# (bench/results/h100_gemm_prefetch_probe_20261122h.txt)
 PREP_K_SPAN, PREP_WARPS = 2048, 8
 
 # 4 packed bytes ($4) and their 4 scales ($5, $6: bf16x2) -> bf16x2 registers: low nibbles of bytes
