@@ -4,15 +4,17 @@ MoE shapes, with the registers, shared memory and resident CTAs per SM of each c
 Usage (GPU machine, repository root): python3 bench/probe_gemm_configs.py [l1|l2] [uniform|skewed] [grid]
 grid: the tl.dot kernel at "full" (every tile whose accumulator fits) or "pick:BN,BT,warps,stages;...";
 the SM90 wgmma kernel (grouped_gemm_sm90) at "wgmma": its CONFIGS over the whole tile plan, then each
-token tile size's launch alone at its config and at others, or "wgmma:BT=BM,stages;..." (those sizes
-alone; "all" for the whole plan); PROBE_CTAS=n runs n persistent CTAs; PROBE_PREP="span,warps;..." times
-A's copy (gemm_args) at those K spans and warps of `_prep_a_kernel`, each twice, and goes on with the last;
-PROBE_HOT_COST="c1,c2,..." times the whole plan with TILE_COST[128] = c (the SM split), and each side alone
-on its share of the SMs. Prints one line per config:
-median ms of 20 runs (L2 flushed, inputs rotated), share of the bf16 matmul rate in useful flops (of the
-whole GEMM, also for one size's launch alone), cos against the autotuned tl.dot kernel's output (for the
-whole plan only). PROBE_ONCE=1 launches each config once and times nothing (for Nsight Compute: ncu -k
-regex:_gemm ... python3 bench/probe_gemm_configs.py ...).
+token tile size's launch alone at its config and at others, or "wgmma:BT=BM,stages[,parts];..." (those
+sizes alone, with `parts` consumer warpgroups, default 2; "all" for the whole plan); a size's launch alone
+also prints its CTA-microseconds a tile scaled to K = 7168 (TILE_COST's unit); PROBE_CTAS=n runs n
+persistent CTAs; PROBE_PREP="span,warps[,rows];..." times A's copy for the wgmma kernel (gemm_args) with
+programs of `_prep_a_kernel` at those K spans, warps and rows (default 64), each twice, and goes on with the
+last; PROBE_HOT_COST="c1,c2,..." times the whole plan with TILE_COST[128] = c (the SM split), and each side
+alone on its share of the SMs. Prints one line per config: median ms of 20 runs (L2 flushed, inputs
+rotated), share of the bf16 matmul rate in useful flops (of the whole GEMM, also for one size's launch
+alone), cos against the autotuned tl.dot kernel's output (for the whole plan only). PROBE_ONCE=1 launches
+each config once and times nothing (for Nsight Compute: ncu -k regex:_gemm ... python3
+bench/probe_gemm_configs.py ...).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def wgmma_launcher(cfg: dict):
     configs, sizes = dict(sm90.CONFIGS), sm90.TOKEN_TILES
     ctas = int(os.environ.get("PROBE_CTAS", 0)) or None  # fewer CTAs than SMs: per-SM speed apart from DRAM
     if cfg["BT"] != "all":
-        configs[cfg["BT"]], sizes = (cfg["BM"], cfg["S"]), (cfg["BT"],)
+        configs[cfg["BT"]], sizes = (cfg["BM"], cfg["S"], cfg["P"]), (cfg["BT"],)
 
     def run(*inputs):
         args, out = gg.gemm_args(*inputs, tiled=True, wgmma=True)
@@ -106,18 +108,20 @@ def grid(name: str) -> list[dict]:
         from fp4check.kernels.triton.grouped_gemm_sm90 import CONFIGS, NARROW
 
         if name == "wgmma":
-            others = {16: [(256, 6)], 32: [(256, 7)], 64: [(256, 5)], 128: [(256, 2)]}
-            picks = [("all", 256, 0)] + [(bt, *CONFIGS[bt]) for bt in CONFIGS]
+            others = {16: [(256, 6, 2)], 32: [(256, 7, 2)], 64: [(256, 5, 2)], 128: [(256, 2, 2)]}
+            picks = [("all", 256, 0, 0)] + [(bt, *CONFIGS[bt]) for bt in CONFIGS]
             picks += [(bt, *c) for bt in CONFIGS for c in [NARROW[bt], *others[bt]]]
         else:
             picks = []
             for item in name[6:].split(";"):
                 if item == "all":
-                    picks.append(("all", 256, 0))
+                    picks.append(("all", 256, 0, 0))
                     continue
                 bt, cfg = item.split("=")
-                picks.append((int(bt), *(int(v) for v in cfg.split(","))))
-        return [dict(BM=bm, BT=bt, S=st, W=12) for bt, bm, st in picks]  # 2 x 4 MMA warps, the TMA warp's 4
+                bm, st, *parts = (int(v) for v in cfg.split(","))
+                picks.append((int(bt), bm, st, parts[0] if parts else 2))
+        # parts x 4 MMA warps and the TMA warp's 4 (a 1-warp partition takes a whole warpgroup)
+        return [dict(BM=bm, BT=bt, S=st, P=p, W=4 * p + 4 if p else 12) for bt, bm, st, p in picks]
     if name == "full":
         return [
             dict(BN=bn, BT=bt, W=w, S=s)
@@ -154,9 +158,14 @@ def main() -> None:
         blocks = build_plan(args[1], args[7], args[6])[2].tolist()
         print("  plan: blocks per token tile size", dict(zip(TOKEN_TILES, blocks, strict=True)), flush=True)
         for prep in [v for v in os.environ.get("PROBE_PREP", "").split(";") if v] * 2:
-            gg.PREP_K_SPAN, gg.PREP_WARPS = (int(v) for v in prep.split(","))
+            span, warps, *rows = (int(v) for v in prep.split(","))
+            gg.PREP["wgmma"] = (span, warps, rows[0] if rows else 64)
             t = time_op(lambda *a: gg.gemm_args(*a, tiled=True, wgmma=True)[1], tiled, 20)
-            print(f"  A's copy at K span {gg.PREP_K_SPAN}, {gg.PREP_WARPS} warps: {t.median_us:.1f} us", flush=True)
+            print(
+                f"  A's copy at K span {span}, {warps} warps, {gg.PREP['wgmma'][2]} rows a program: "
+                f"{t.median_us:.1f} us",
+                flush=True,
+            )
         t = time_op(lambda *a: gg.gemm_args(*a, tiled=True, wgmma=True)[1], tiled, 20)
         print(f"  A's f16 copy, live flags (gemm_args) alone: {t.median_us / 1e3:.3f} ms", flush=True)
         for cost in [int(v) for v in os.environ.get("PROBE_HOT_COST", "").split(",") if v]:
@@ -184,6 +193,12 @@ def main() -> None:
         frac = useful / t.median_us / 1e6 / flops * 1e12
         results.append((t.median_us, cfg))
         name = f"BM{cfg['BM']}" if "BM" in cfg else f"BN{cfg['BN']}"
+        if "BM" in cfg and cfg["BT"] != "all":  # CTA-us a tile at K = 7168: TILE_COST's unit
+            tiles = blocks[TOKEN_TILES.index(cfg["BT"])] * (args[10] // cfg["BM"])
+            ctas = min(
+                int(os.environ.get("PROBE_CTAS", 0)) or torch.cuda.get_device_properties(0).multi_processor_count, tiles
+            )
+            name += f" P{cfg['P']} ({t.median_us * ctas / max(tiles, 1) * 7168 / args[11]:.1f} CTA-us a tile)"
         print(
             f"  {name} BT{cfg['BT']} W{cfg['W']} S{cfg['S']}: "
             f"{t.median_us / 1e3:.3f} ms ({frac:.1%}) p10 {t.p10_us / 1e3:.3f} "

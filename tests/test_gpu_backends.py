@@ -377,7 +377,7 @@ def test_wgmma_gemm_conforms_at_every_tile(triton_backend):
     cost = [len(r) * sm90.TILE_COST[bt] for r, bt in zip(ref, TOKEN_TILES, strict=True)]
     assert small + hot == 132 and abs(hot - 132 * cost[-1] / sum(cost)) <= 1, (small, hot, cost)
 
-    other = {16: (256, 7), 32: (256, 7), 64: (256, 3), 128: (256, 2)}  # ring depths
+    other = {16: (256, 7, 2), 32: (256, 7, 2), 64: (256, 3, 4), 128: (256, 2, 2)}  # ring depths, warpgroups
     runs = [(sm90.CONFIGS, None), (sm90.NARROW, None), (other, None), (sm90.CONFIGS, 2), (sm90.NARROW, 3)]
     for configs, ctas in runs:
         kargs, out = gemm_args(*args, tiled=True, wgmma=True)

@@ -56,11 +56,14 @@ GROUP = tl.constexpr(ROWS)  # rows of a tiled weight group
 TWO_POW_118 = tl.constexpr(2.0**118)  # s_b x 2^118 x (e2m1 x 2^-126) = e2m1 x s_b x 2^-8, a normal bf16 for every code
 EPILOGUE_GAIN = tl.constexpr(256.0)  # gives back the 2^-8
 BLOCK_FLAGS = tl.constexpr(BLOCK // CHUNK)  # live flags of a 128-row block, one per 16 rows
-# K columns of A one `_prep_a_kernel` program decodes (a multiple of K_STEP: the K order repeats every
-# step), and its warps: on the H100 at the Pro shapes with skewed routing, 2048 and 8 took 316 us (L1)
-# and 189 us (L2) where one program over all K with 4 warps took 444 and 204-211
-# (bench/results/h100_gemm_prefetch_probe_20261122h.txt)
-PREP_K_SPAN, PREP_WARPS = 2048, 8
+# (K columns, warps, rows) of a `_prep_a_kernel` program for A's copy for the wgmma kernel and for the
+# tl.dot one; K columns a multiple of K_STEP (the K order repeats every step). On the H100 at the Pro
+# shapes with skewed routing, 2048 columns and 8 warps took 316 us (L1) and 189 us (L2) where one program
+# over all K with 4 warps took 444 and 204-211 (bench/results/h100_gemm_prefetch_probe_20261122h.txt);
+# for the wgmma kernel's tile plan, programs of 16 rows (one live-flag chunk: a 16-row tile's block is
+# decoded for its 16 rows only) and 4 warps took 263 and 128 us where 64 rows took 316 and 162
+# (h100_gemm_parts_probe_20261122i.txt); the tl.dot kernel reads whole 128-row blocks
+PREP = {"wgmma": (2048, 4, 16), "tl.dot": (2048, 8, 64)}
 
 # 4 packed bytes ($4) and their 4 scales ($5, $6: bf16x2) -> bf16x2 registers: low nibbles of bytes
 # (0, 1) and (2, 3), then the high nibbles. Each output element comes from the input byte and scale at its
@@ -134,29 +137,39 @@ def _span(flags, MIN_SPAN: tl.constexpr):
 
 @triton.jit
 def _prep_a_kernel(
-    a_ptr, as_ptr, out_ptr, live_ptr, K, K_SPAN, col_tiles, MIN_SPAN: tl.constexpr, WGMMA_ORDER: tl.constexpr
+    a_ptr,
+    as_ptr,
+    out_ptr,
+    live_ptr,
+    K,
+    K_SPAN,
+    col_tiles,
+    MIN_SPAN: tl.constexpr,
+    WGMMA_ORDER: tl.constexpr,
+    R: tl.constexpr,
 ):
-    """A [64 rows, K_SPAN columns] decoded in the K order the GEMM's weight decode produces (per KC step):
+    """A [R rows, K_SPAN columns] decoded in the K order the GEMM's weight decode produces (per KC step):
     bf16 in the nibble-split order here (the even columns, then the odd ones), or f16 in grouped_gemm_sm90's
     (column 16b + 8h + 2t + p holds k = 32t + 4b + 2p + h). Only the rows the GEMM reads (`_span` of the
     block's live flags, from `_live_kernel`): the expert padding past them is neither read nor written."""
-    r = tl.program_id(0) * 64 + tl.arange(0, 64)
-    flags = tl.load(live_ptr + (tl.program_id(0) // 2) * BLOCK_FLAGS + tl.arange(0, BLOCK_FLAGS)[None, :])
+    r = tl.program_id(0) * R + tl.arange(0, R)
+    block = tl.program_id(0) * R // 128
+    flags = tl.load(live_ptr + block * BLOCK_FLAGS + tl.arange(0, BLOCK_FLAGS)[None, :])
     span = _span(flags, MIN_SPAN)  # [1]
     read = r[:, None] % 128 < span[None, :]
     a_rows = a_ptr + r[:, None].to(tl.int64) * (K // 2) + tl.arange(0, KC // 2)[None, :]
     out_rows = out_ptr + r[:, None].to(tl.int64) * K
-    # one program a 64-row tile and K_SPAN columns: the padding's programs (most of them under skewed
+    # one program R rows and K_SPAN columns: the padding's programs (most of them under skewed
     # routing) read their flags and stop, where a program per K step each paid a launch
     k_first = tl.program_id(1) * K_SPAN
     k_end = tl.where(tl.max(read.to(tl.int32)) > 0, tl.minimum(k_first + K_SPAN, K), 0)
     for k0 in range(k_first, k_end, KC):
         p = tl.load(a_rows + k0 // 2, mask=read, other=0)
         s_bytes = tl.load(as_ptr + swizzled_offsets(r, k0 // 16 + tl.arange(0, KC // 16), col_tiles), mask=read)
-        lo, hi = _decode_ops(p, _per_byte(s_bytes.to(tl.float8e4nv, bitcast=True).to(tl.float32), 64))
+        lo, hi = _decode_ops(p, _per_byte(s_bytes.to(tl.float8e4nv, bitcast=True).to(tl.float32), R))
         if WGMMA_ORDER:  # (row, byte 16t + 2b + p, nibble h) -> column 16b + 8h + 2t + p
-            w = tl.permute(tl.reshape(tl.join(lo, hi), (64, 4, 8, 2, 2)), (0, 2, 4, 1, 3))
-            tl.store(out_rows + k0 + tl.arange(0, KC)[None, :], tl.reshape(w, (64, KC)).to(tl.float16), mask=read)
+            w = tl.permute(tl.reshape(tl.join(lo, hi), (R, 4, 8, 2, 2)), (0, 2, 4, 1, 3))
+            tl.store(out_rows + k0 + tl.arange(0, KC)[None, :], tl.reshape(w, (R, KC)).to(tl.float16), mask=read)
         else:
             base = out_rows + k0 + tl.arange(0, KC // 2)[None, :]
             tl.store(base, lo, mask=read)
@@ -329,8 +342,9 @@ def gemm_args(
     _live_kernel[(rows // 128, triton.cdiv(cp // 4, 16))](a_scales, live, cp // 4, CT=16, num_warps=4)
     # the tl.dot kernel reads whole blocks (its tiles are 64 or 128 rows), the wgmma kernel its tile plan's
     span = 16 if wgmma else 128
-    _prep_a_kernel[(rows // 64, triton.cdiv(k, PREP_K_SPAN))](
-        a_packed, a_scales, a16, live, k, PREP_K_SPAN, cp // 4, span, wgmma, num_warps=PREP_WARPS
+    k_span, warps, prep_rows = PREP["wgmma" if wgmma else "tl.dot"]
+    _prep_a_kernel[(rows // prep_rows, triton.cdiv(k, k_span))](
+        a_packed, a_scales, a16, live, k, k_span, cp // 4, span, wgmma, prep_rows, num_warps=warps
     )
     args = (
         a16,

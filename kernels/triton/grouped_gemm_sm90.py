@@ -1,21 +1,22 @@
 """The grouped NVFP4 GEMM's SM90 kernel, in Gluon (Triton's explicit-layout dialect): warp-specialized
 and persistent, the decoded weights fed to wgmma from registers, f16 MMA with fp32 accumulation, over a
-tile plan built on the GPU (`tile_plan`). On the H100 it reaches 58-66% of the bf16 matmul rate at the
-Pro L1 and L2 shapes with uniform routing and 46-49% with skewed routing, against 39-45% and 26-28% for
-the `tl.dot` kernel (bench/results/h100_gemm_prefetch_probe_20261122h.txt, h100_triton_bench_20261122h.csv).
+tile plan built on the GPU (`tile_plan`). On the H100 it reaches 57-61% of the bf16 matmul rate at the
+Pro L1 and L2 shapes with uniform routing and 48.5-53% of the same run's rate with skewed routing (45-50%
+of the best rate measured that day), against 39-40% and 25-29% for the `tl.dot` kernel
+(bench/results/h100_triton_bench_20261122i.csv, h100_gemm_parts_probe_20261122i.txt).
 
-Orientation ("swap AB"): the weights are the MMA's M side (BM = 256 rows a tile, 128 per consumer
+Orientation ("swap AB"): the weights are the MMA's M side (BM = 256 rows a tile, BM / PARTS per consumer
 warpgroup), the tokens its N side (BT = 16, 32, 64 or 128 rows of one expert: one launch per size, over
 the plan's list of blocks of that size). Per CTA, one per SM, looping over tiles:
 - a producer warp streams every K step of 128 into a ring of STAGES shared-memory slots with TMA: A's
   f16 copy as two [BT, 64] boxes, and per 64-row weight group one 4 KB block of codes and one 512-byte
   block of scales (`weight_tiles`' layout), all on the slot's "ready" mbarrier. It waits on the slot's
   "empty" mbarrier first, so it runs STAGES steps ahead, into the next tile while the consumers store;
-- two consumer warpgroups, each its own partition: while step i's wgmmas run, each loads its rows of
+- PARTS consumer warpgroups, each its own partition: while step i's wgmmas run, each loads its rows of
   step i + 1 from shared memory (16 bytes of codes per thread and row, exactly its wgmma fragment's
   codes once A's K order matches, below) and decodes them in registers straight into the wgmma
   A-fragment layout (`convert_layout(..., assert_trivial=True)` proves no data moves), then waits for
-  step i and frees the slot. The two warpgroups sync only through the ring's barriers. Each tile's plan
+  step i and frees the slot. The warpgroups sync only through the ring's barriers. Each tile's plan
   entry, expert and alpha are loaded a tile ahead (the plan stores each entry's expert beside it), so no
   tile starts or ends on a dependent global load.
 
@@ -33,7 +34,10 @@ latency-bound. The TMA ring made it 3-6% faster; with one 8-warp consumer partit
 were at the CTA barriers Triton inserts around shared-memory accesses, and two 4-warp partitions, whose
 barriers are their own, gained 4-7%; the persistent loop 0-5% more (L2's shorter K loop gains most); the
 f16 decode 8-10%. Decoding step i + 1 in two halves around step i's two wgmmas, BT = 128 and BM = 128
-were no faster.
+were no faster. Four consumer warpgroups of 64 rows (PARTS = 4, 112 registers each) made the 16- and
+32-row tiles 3-6% faster a tile: their decode is bound by issue and latency (no pipe above 54% of its
+peak), and four warps a scheduler hide more of it than two, though the per-step address and descriptor
+work, now shared by 64 rows, adds 10% instructions; the 64-row tiles gained nothing and keep two.
 
 K order. Thread t (lane % 4) of a fragment holds columns j = 16b + 8h + 2t + p (b = 0..7 k16 blocks,
 h, p = 0, 1) of the step. They are fed from byte 16t + 2b + h of the row piece, nibble p, i.e. from
@@ -74,7 +78,8 @@ from fp4check.kernels.triton.weight_tiles import K_STEP, ROWS
 KC = gl.constexpr(K_STEP)
 GROUP = gl.constexpr(ROWS)
 PRODUCER_REGS = gl.constexpr(40)  # the TMA warp holds a few scalars
-CONSUMER_REGS = gl.constexpr(232)  # the second consumer warpgroup (the first gets what is left)
+CONSUMER_REGS = gl.constexpr(232)  # the second of two consumer warpgroups (the first gets what is left)
+QUARTER_REGS = gl.constexpr(112)  # the second to fourth of four
 
 # One word of 8 packed codes ($8; bytes b0..b3) and its block scale ($9, f16) -> 8 f16 e2m1 x s x 2^-6
 # (given back in the epilogue): ($0, $1) = low nibbles of (b0, b1), ($2, $3) of (b2, b3), then the high
@@ -96,9 +101,12 @@ cvt.rn.f16x2.e4m3x2 f, h1; mul.rn.f16x2 f, f, sc; mov.b32 {$6, $7}, f;
 }""")
 WEIGHT_GAIN = gl.constexpr(64.0)  # gives back the 2^-6
 BLOCK_ROWS = tl.constexpr(BLOCK)
-# CTA-microseconds a tile of each token tile size took at BM = 256, K = 7168 on the H100 with a third or
-# half of the SMs busy (bench/results/h100_gemm_plan_probe_20261122g.txt): the split's weights
-TILE_COST = {16: 39, 32: 42, 64: 50, 128: 67}
+# The split's weights: CTA-microseconds a tile of each token tile size takes at BM = 256, K = 7168 on the
+# H100, each size's launch alone on half of the SMs (the probe's "CTA-us a tile" at PROBE_CTAS=66, mean of
+# L1 and L2, bench/results/h100_gemm_parts_probe_20261122i.txt); the 128-row tiles' alone gave 72-77, but
+# beside the small tiles' DRAM stream they slow more, and 84 was the best whole-plan split (75 and 92
+# slower at both shapes, same file)
+TILE_COST = {16: 41, 32: 51, 64: 68, 128: 84}
 
 
 @gluon.constexpr_function
@@ -177,21 +185,21 @@ def _weights(b_smem, s_smem, slot, ROW0: gl.constexpr, BM: gl.constexpr, LP: gl.
 
 @gluon.jit
 def _consumer(a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m, plan_ptr, expert_ptr, N, K, ag_ptr,
-              bg_ptr, groups, n_per_group, out_ptr, HALF: gl.constexpr):  # fmt: skip
-    """One warpgroup, weight rows HALF x BM/2 .. of each tile: decode step i + 1 in registers while step i's
-    wgmma runs, free a slot once its wgmma is done (one arrive per consumer), then scale by alpha and store
-    out[tokens, rows], and zeros over the rest of the tile's 128-row block (no live row there)."""
+              bg_ptr, groups, n_per_group, out_ptr, PART: gl.constexpr, PARTS: gl.constexpr):  # fmt: skip
+    """One warpgroup of PARTS, weight rows PART x BM/PARTS .. of each tile: decode step i + 1 in registers
+    while step i's wgmma runs, free a slot once its wgmma is done (one arrive per consumer), then scale by
+    alpha and store out[tokens, rows], and zeros over the rest of the tile's 128-row block (no live row)."""
     STAGES: gl.constexpr = b_smem.type.shape[0]
-    BM: gl.constexpr = b_smem.type.shape[1] // 2
+    BM: gl.constexpr = b_smem.type.shape[1] // PARTS
     BT: gl.constexpr = a_smem.type.shape[1]
-    ROW0: gl.constexpr = HALF * BM
+    ROW0: gl.constexpr = PART * BM
     NW: gl.constexpr = gl.num_warps()
     RM: gl.constexpr = BM // (16 * NW)  # register repeats of a warp's 16 rows
     LP: gl.constexpr = _words_layout(NW, RM, KC // 8)
     LS: gl.constexpr = _words_layout(NW, RM, KC // 16)
     MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NW, 1], instr_shape=[16, BT, 16])
     DOT: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
-    LO: gl.constexpr = gl.BlockedLayout([8, 1], [16, 2], [1, NW], [0, 1])  # n fastest: coalesced stores
+    LO: gl.constexpr = gl.BlockedLayout([BM // 16, 1], [16, 2], [1, NW], [0, 1])  # n fastest: coalesced stores
     it = 0  # K steps consumed so far, as the producer counts them
     a_gain = gl.load(ag_ptr) * WEIGHT_GAIN
     nxt_entry, nxt_e = _entry(first, tiles, n_m, plan_ptr, expert_ptr)
@@ -201,8 +209,11 @@ def _consumer(a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m, pla
         entry, e = nxt_entry, nxt_e
         nxt_entry, nxt_e = _entry(tile + ctas, tiles, n_m, plan_ptr, expert_ptr)
         pid_m, row0, nk = _tile(tile, entry, n_m, K)
-        n = pid_m * 2 * BM + ROW0 + gl.arange(0, BM, layout=gl.SliceLayout(1, LO))
-        alpha = a_gain * gl.load(bg_ptr + e * groups + n // n_per_group)
+        n0 = pid_m * PARTS * BM + ROW0
+        # alpha in the accumulator's layout: the epilogue moves bf16, half the registers of the fp32 sums
+        alpha = a_gain * gl.load(
+            bg_ptr + e * groups + (n0 + gl.arange(0, BM, layout=gl.SliceLayout(1, MMA))) // n_per_group
+        )
         mbarrier.wait(ready.index(it % STAGES), (it // STAGES) & 1, pred=nk > 0)
         p, s = _weights(b_smem, s_smem, it % STAGES, ROW0, BM, LP, LS)
         w0, w1 = _decode(p, s, BM, LP, DOT)
@@ -210,29 +221,29 @@ def _consumer(a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m, pla
         # two steps a turn, so that the decoded operands alternate between two sets of registers: with one
         # step a turn, ptxas copied the next step's 64 registers into the current step's every step
         for i in range(nk // 2):
-            acc, d0, d1 = _step(w0, w1, acc, a_smem, b_smem, s_smem, ready, empty, it, True, ROW0, LP, LS, DOT)
-            acc, w0, w1 = _step(d0, d1, acc, a_smem, b_smem, s_smem, ready, empty, it + 1, 2 * i + 2 < nk, ROW0,
-                                LP, LS, DOT)  # fmt: skip
+            acc, d0, d1 = _step(w0, w1, acc, a_smem, b_smem, s_smem, ready, empty, it, True, ROW0, BM, LP, LS, DOT)
+            acc, w0, w1 = _step(d0, d1, acc, a_smem, b_smem, s_smem, ready, empty, it + 1, 2 * i + 2 < nk,
+                                ROW0, BM, LP, LS, DOT)  # fmt: skip
             it += 2
         if nk % 2 == 1:
-            acc, w0, w1 = _step(w0, w1, acc, a_smem, b_smem, s_smem, ready, empty, it, False, ROW0, LP, LS, DOT)
+            acc, w0, w1 = _step(w0, w1, acc, a_smem, b_smem, s_smem, ready, empty, it, False, ROW0, BM, LP, LS, DOT)
             it += 1
-        out = gl.convert_layout(acc, LO)
+        out = gl.convert_layout((acc * alpha[:, None]).to(gl.bfloat16), LO)
+        n = n0 + gl.arange(0, BM, layout=gl.SliceLayout(1, LO))
         t = row0 + gl.arange(0, BT, layout=gl.SliceLayout(0, LO))
         dst = out_ptr + t[None, :].to(gl.int64) * N + n[:, None]
-        gl.store(dst, (out * alpha[:, None]).to(gl.bfloat16))
+        gl.store(dst, out)
         for z in gl.static_range(1, 128 // BT):
             gl.store(dst + z * BT * N, gl.zeros((BM, BT), gl.bfloat16, LO))
 
 
 @gluon.jit
-def _step(w0, w1, acc, a_smem, b_smem, s_smem, ready, empty, it, more, ROW0: gl.constexpr, LP: gl.constexpr,
-          LS: gl.constexpr, DOT: gl.constexpr):  # fmt: skip
+def _step(w0, w1, acc, a_smem, b_smem, s_smem, ready, empty, it, more, ROW0: gl.constexpr, BM: gl.constexpr,
+          LP: gl.constexpr, LS: gl.constexpr, DOT: gl.constexpr):  # fmt: skip
     """K step `it` of a consumer: its two wgmmas on the decoded operands w0, w1, meanwhile step it + 1's
-    decode (its slot's stale bytes, never used, where there is no `more` step), then the wait and the
-    slot freed. Returns (acc, step it + 1's operands)."""
+    decode (its slot's stale bytes, never used, where there is no `more` step), then the wait and the slot
+    freed. Returns (acc, step it + 1's operands)."""
     STAGES: gl.constexpr = b_smem.type.shape[0]
-    BM: gl.constexpr = b_smem.type.shape[1] // 2
     slot = it % STAGES
     acc = warpgroup_mma(w0, a_smem.index(2 * slot).permute((1, 0)), acc, is_async=True)
     acc = warpgroup_mma(w1, a_smem.index(2 * slot + 1).permute((1, 0)), acc, is_async=True)
@@ -275,9 +286,11 @@ def _hold(w):
 
 @gluon.jit
 def _gemm_sm90_kernel(a_desc, b_desc, s_desc, plan_ptr, expert_ptr, count_ptr, ctas_ptr, bg_ptr, ag_ptr, out_ptr,
-                      N, K, groups, n_per_group, BM: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr):  # fmt: skip
+                      N, K, groups, n_per_group, BM: gl.constexpr, BT: gl.constexpr, STAGES: gl.constexpr,
+                      PARTS: gl.constexpr):  # fmt: skip
     """Persistent: CTA pid < ctas (the plan's share of the SMs for this launch) takes tiles pid, pid +
-    ctas, ... of (N / BM) weight tiles x the plan's list of BT-row token tiles; the others exit."""
+    ctas, ... of (N / BM) weight tiles x the plan's list of BT-row token tiles; the others exit. PARTS
+    consumer warpgroups (2 or 4) share each tile's BM rows."""
     a_smem = gl.allocate_shared_memory(gl.float16, [2 * STAGES, BT, KC // 2], a_desc.layout)
     b_smem = gl.allocate_shared_memory(gl.uint8, [STAGES, BM, KC // 2], b_desc.layout)
     s_smem = gl.allocate_shared_memory(gl.uint8, [STAGES, 2 * BM // GROUP, GROUP * KC // 32], s_desc.layout)
@@ -285,21 +298,37 @@ def _gemm_sm90_kernel(a_desc, b_desc, s_desc, plan_ptr, expert_ptr, count_ptr, c
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for st in gl.static_range(STAGES):
         mbarrier.init(ready.index(st), count=1)
-        mbarrier.init(empty.index(st), count=2)  # one arrive from each consumer warpgroup
+        mbarrier.init(empty.index(st), count=PARTS)  # one arrive from each consumer warpgroup
     n_m = N // BM
     tiles = n_m * gl.load(count_ptr)
     ctas = gl.maximum(gl.load(ctas_ptr), 1)
     first = gl.where(gl.program_id(0) < ctas, gl.program_id(0), tiles)
-    gl.warp_specialize(
-        [(_consumer, (a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m, plan_ptr, expert_ptr, N,
-                      K, ag_ptr, bg_ptr, groups, n_per_group, out_ptr, 0)),
-         (_consumer, (a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m, plan_ptr, expert_ptr, N,
-                      K, ag_ptr, bg_ptr, groups, n_per_group, out_ptr, 1)),
-         (_producer, (a_desc, b_desc, s_desc, a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m,
-                      plan_ptr, expert_ptr, N, K))],
-        [4, 1],
-        [CONSUMER_REGS, PRODUCER_REGS],
-    )  # fmt: skip
+    if PARTS == 2:
+        gl.warp_specialize(
+            [(_consumer, (a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m, plan_ptr, expert_ptr, N,
+                          K, ag_ptr, bg_ptr, groups, n_per_group, out_ptr, 0, 2)),
+             (_consumer, (a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m, plan_ptr, expert_ptr, N,
+                          K, ag_ptr, bg_ptr, groups, n_per_group, out_ptr, 1, 2)),
+             (_producer, (a_desc, b_desc, s_desc, a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m,
+                          plan_ptr, expert_ptr, N, K))],
+            [4, 1],
+            [CONSUMER_REGS, PRODUCER_REGS],
+        )  # fmt: skip
+    else:
+        gl.warp_specialize(
+            [(_consumer, (a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m, plan_ptr, expert_ptr, N,
+                          K, ag_ptr, bg_ptr, groups, n_per_group, out_ptr, 0, 4)),
+             (_consumer, (a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m, plan_ptr, expert_ptr, N,
+                          K, ag_ptr, bg_ptr, groups, n_per_group, out_ptr, 1, 4)),
+             (_consumer, (a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m, plan_ptr, expert_ptr, N,
+                          K, ag_ptr, bg_ptr, groups, n_per_group, out_ptr, 2, 4)),
+             (_consumer, (a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m, plan_ptr, expert_ptr, N,
+                          K, ag_ptr, bg_ptr, groups, n_per_group, out_ptr, 3, 4)),
+             (_producer, (a_desc, b_desc, s_desc, a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m,
+                          plan_ptr, expert_ptr, N, K))],
+            [4, 4, 4, 1],
+            [QUARTER_REGS, QUARTER_REGS, QUARTER_REGS, PRODUCER_REGS],
+        )  # fmt: skip
 
 
 @triton.jit
@@ -371,11 +400,11 @@ def build_plan(
     return plan, experts, counts, split
 
 
-# BT (`tile_plan.TOKEN_TILES`) -> (BM, STAGES): BM weight rows a tile (two warpgroups of BM / 2), ring
-# depth. Measured on the H100 at the Pro shapes (the probe's "wgmma" grid, bench/results/); NARROW serves
-# N that 256 does not divide.
-CONFIGS = {16: (256, 8), 32: (256, 6), 64: (256, 4), 128: (256, 3)}
-NARROW = {16: (128, 8), 32: (128, 8), 64: (128, 8), 128: (128, 4)}
+# BT (`tile_plan.TOKEN_TILES`) -> (BM, STAGES, PARTS): BM weight rows a tile, ring depth, consumer
+# warpgroups (BM / PARTS rows each). Measured on the H100 at the Pro shapes (the probe's "wgmma" grid,
+# bench/results/); NARROW serves N that 256 does not divide.
+CONFIGS = {16: (256, 8, 4), 32: (256, 6, 4), 64: (256, 4, 2), 128: (256, 3, 2)}
+NARROW = {16: (128, 8, 2), 32: (128, 8, 2), 64: (128, 8, 2), 128: (128, 4, 2)}
 last_config = ""  # the configs of the last launch, for bench's CSV
 
 
@@ -409,7 +438,7 @@ def _side_stream(index: int) -> torch.cuda.Stream:
 
 def launch(args: tuple, configs: dict | None = None, ctas: int | None = None, sizes=TOKEN_TILES) -> list:
     """Run the kernel on `grouped_gemm`'s arguments (`gemm_args(..., wgmma=True)`, tiled weights) at
-    `configs` (BT -> (BM, STAGES); default CONFIGS, or NARROW) on one CTA per SM, or `ctas` (tests: many
+    `configs` (BT -> (BM, STAGES, PARTS); default CONFIGS, or NARROW) on one CTA per SM, or `ctas` (tests: many
     tiles a CTA): the tile plan, then the 128-row tiles on a second stream beside the 16- to 64-row ones
     on this one, each on its share of the CTAs (the plan's split), joined before return. The 128-row
     tiles are bound by the tensor cores and the small ones by the weights' DRAM stream: side by side on
@@ -433,15 +462,18 @@ def launch(args: tuple, configs: dict | None = None, ctas: int | None = None, si
     for i, bt in reversed(list(enumerate(TOKEN_TILES))):  # the 128-row launch first, on the side stream
         if bt not in sizes:
             continue
-        bm, stages = configs[bt]
+        bm, stages, parts = configs[bt]
+        assert bm % (64 * parts) == 0, f"BM {bm} is not {parts} warpgroups of 64-row wgmmas"
         descs = _descriptors(a16, b_packed, b_scales.view(torch.uint8), bt)
         grid = (min(total, n // bm * plan.shape[1]),)
         kargs = (plan[i], experts[i], counts[i:], split[int(bt == TOKEN_TILES[-1]) :], bg, ag, out, n, k, groups)
         with torch.cuda.stream(side if bt == TOKEN_TILES[-1] else here):
             compiled.append(
-                _gemm_sm90_kernel[grid](*descs, *kargs, n_per_group, BM=bm, BT=bt, STAGES=stages, num_warps=4)
+                _gemm_sm90_kernel[grid](
+                    *descs, *kargs, n_per_group, BM=bm, BT=bt, STAGES=stages, PARTS=parts, num_warps=4
+                )
             )
     if overlap:
         here.wait_stream(side)
-    last_config = "; ".join(f"BT={bt}: BM={configs[bt][0]}, STAGES={configs[bt][1]}" for bt in sizes)
+    last_config = "; ".join("BT={}: BM={}, STAGES={}, PARTS={}".format(bt, *configs[bt]) for bt in sizes)
     return compiled
