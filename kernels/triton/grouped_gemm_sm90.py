@@ -79,7 +79,7 @@ KC = gl.constexpr(K_STEP)
 GROUP = gl.constexpr(ROWS)
 PRODUCER_REGS = gl.constexpr(40)  # the TMA warp holds a few scalars
 CONSUMER_REGS = gl.constexpr(232)  # the second of two consumer warpgroups (the first gets what is left)
-QUARTER_REGS = gl.constexpr(112)  # the second to fourth of four
+QUARTER_REGS = gl.constexpr(112)  # the second to fourth of four (the first gets what is left: 104)
 
 # One word of 8 packed codes ($8; bytes b0..b3) and its block scale ($9, f16) -> 8 f16 e2m1 x s x 2^-6
 # (given back in the epilogue): ($0, $1) = low nibbles of (b0, b1), ($2, $3) of (b2, b3), then the high
@@ -303,6 +303,8 @@ def _gemm_sm90_kernel(a_desc, b_desc, s_desc, plan_ptr, expert_ptr, count_ptr, c
     tiles = n_m * gl.load(count_ptr)
     ctas = gl.maximum(gl.load(ctas_ptr), 1)
     first = gl.where(gl.program_id(0) < ctas, gl.program_id(0), tiles)
+    # the partition lists spelled out: a Gluon kernel cannot build them in a loop or from a tuple holding
+    # the functions (Triton 3.6)
     if PARTS == 2:
         gl.warp_specialize(
             [(_consumer, (a_smem, b_smem, s_smem, ready, empty, first, tiles, ctas, n_m, plan_ptr, expert_ptr, N,
