@@ -36,6 +36,11 @@ SMEM_PER_SM = 228 * 1024
 REGS_PER_SM = 65536
 
 
+def probe_ctas() -> int:
+    """PROBE_CTAS, 0 where unset (one CTA per SM): fewer CTAs than SMs give per-SM speed apart from DRAM."""
+    return int(os.environ.get("PROBE_CTAS", 0))
+
+
 def launcher(cfg: dict):
     if "BM" in cfg:
         return wgmma_launcher(cfg)
@@ -60,7 +65,7 @@ def wgmma_launcher(cfg: dict):
     info = {}
 
     configs, sizes = dict(sm90.CONFIGS), sm90.TOKEN_TILES
-    ctas = int(os.environ.get("PROBE_CTAS", 0)) or None  # fewer CTAs than SMs: per-SM speed apart from DRAM
+    ctas = probe_ctas() or None
     if cfg["BT"] != "all":
         configs[cfg["BT"]], sizes = (cfg["BM"], cfg["S"], cfg["P"]), (cfg["BT"],)
 
@@ -151,7 +156,7 @@ def main() -> None:
     ref = gg.grouped_gemm(*tiled[0], tiled=True, kernel="tl.dot")
     print(f"{op} {routing} rows {rows} bf16 matmul {flops / 1e12:.0f} TF/s", flush=True)
     if which.startswith("wgmma"):
-        from fp4check.kernels.triton.grouped_gemm_sm90 import build_plan
+        from fp4check.kernels.triton.grouped_gemm_sm90 import _sms, build_plan
         from fp4check.kernels.triton.tile_plan import TOKEN_TILES
 
         args, _ = gg.gemm_args(*tiled[0], tiled=True, wgmma=True)
@@ -195,9 +200,7 @@ def main() -> None:
         name = f"BM{cfg['BM']}" if "BM" in cfg else f"BN{cfg['BN']}"
         if "BM" in cfg and cfg["BT"] != "all":  # CTA-us a tile at K = 7168: TILE_COST's unit
             tiles = blocks[TOKEN_TILES.index(cfg["BT"])] * (args[10] // cfg["BM"])
-            ctas = min(
-                int(os.environ.get("PROBE_CTAS", 0)) or torch.cuda.get_device_properties(0).multi_processor_count, tiles
-            )
+            ctas = min(probe_ctas() or _sms(torch.cuda.current_device()), tiles)  # as launch sizes its grid
             name += f" P{cfg['P']} ({t.median_us * ctas / max(tiles, 1) * 7168 / args[11]:.1f} CTA-us a tile)"
         print(
             f"  {name} BT{cfg['BT']} W{cfg['W']} S{cfg['S']}: "
