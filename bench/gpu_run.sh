@@ -17,7 +17,7 @@ bench() {  # bench OP [options]: the table to a file, its rows to stdout
 }
 if [ "$PART" = tests ]; then
   python3 -m pytest -q -p no:xdist -p no:cacheprovider -rfs tests/test_gpu_backends.py tests/test_graph.py \
-    tests/test_gpu_codecs.py > "$OUT/gpu_pytest_triton.log" 2>&1
+    tests/test_gpu_codecs.py tests/test_bench.py tests/test_tile_plan.py > "$OUT/gpu_pytest_triton.log" 2>&1
   grep -E "passed|failed|^FAILED" "$OUT/gpu_pytest_triton.log" | head -30; grep -E "^E  " "$OUT/gpu_pytest_triton.log" | cut -c1-200 | head -20
   fp4check graph --backend triton > "$OUT/gpu_graph_triton.txt" 2>&1
   grep -E "moe_forward|quantize|grouped|swiglu" "$OUT/gpu_graph_triton.txt" | cut -c1-150

@@ -39,3 +39,11 @@ def test_bench_without_a_gpu_is_one_clear_line(op):
     r = run_cli("bench", op)
     assert r.exit_code == 2
     assert "cannot run here" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(("args", "named"), [(["--warm", "-1"], "--warm"), (["--runs", "10"], "--runs")])
+def test_bad_timing_options_are_one_clear_line_before_any_gpu_work(args, named):
+    r = run_cli("bench", "l1", *args)
+    assert r.exit_code == 2
+    assert named in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -46,10 +46,11 @@ def _kernels(backend: str):
     return nvfp4_quantize, grouped_gemm
 
 
+SUSTAIN_S = 1.5  # --warm: the H100 settles at its power limit ~1 s into a load (gpu_bench's Clock)
 # every column any op writes, in one order, so that rows of different ops appended to one file line up
 CSV_FIELDS = (
     "op", "variant", "shape", "median_us", "p10_us", "p90_us", "runs", "GBps", "of_copy_bw", "TFLOPs",
-    "of_matmul", "copy_GBps", "matmul_TFLOPs", "compile_s", "config", "gpu", "versions", "command",
+    "of_matmul", "copy_GBps", "matmul_TFLOPs", "warm_s", "compile_s", "config", "gpu", "versions", "command",
 )  # fmt: skip
 
 
@@ -211,7 +212,7 @@ def _bandwidth_rows(op: str, shape: str | None, seed: int, runs: int, bw: float,
             ("torch codec + index write (alternative)", lambda kv: torch_write(pages, block, slots, kv), False),
         ]
     return [
-        _bandwidth_row(common, label, shape_s, time_op(fn, ins, runs, graph=graph), moved, bw)
+        _bandwidth_row(common, label, shape_s, time_op(fn, ins, runs, graph=graph, warm_s=common["warm_s"]), moved, bw)
         for label, fn, graph in variants
     ]
 
@@ -240,13 +241,23 @@ def _bandwidth_row(common: dict, variant: str, shape: str, t, moved: int, bw: fl
     help="Backend whose kernels are timed: triton, or cutedsl (timed next to triton where it can run).",
 )
 @click.option("--runs", type=int, default=50, show_default=True, help="Timed runs (at least 50).")
+@click.option(
+    "--warm",
+    type=float,
+    default=SUSTAIN_S,
+    show_default=True,
+    help="Seconds each figure's own work runs untimed before its timed runs, limits included: under load the "
+    "board's power limit sets the clock, so every figure is then its steady state; 0 times from wherever the "
+    "clock is.",
+)
 @seed_option
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Append the rows to this CSV.")
 @json_option
-def bench(op, shape, tokens, topk, routing, backend, runs, seed, csv_path, as_json) -> None:
+def bench(op, shape, tokens, topk, routing, backend, runs, warm, seed, csv_path, as_json) -> None:
     """Time a kernel with CUDA events (warm-up, L2 flushed and inputs rotated between runs, median and
     10th/90th percentiles), eager and CUDA-graph, next to a device-to-device copy (bandwidth), a bf16
-    matmul (compute) and the dequantize-then-torch alternative, all measured in this run."""
+    matmul (compute) and the dequantize-then-torch alternative, all measured in this run, each at its
+    steady clock under the board's power limit (--warm)."""
     import torch
 
     from fp4check.environment import gpus, versions
@@ -255,18 +266,20 @@ def bench(op, shape, tokens, topk, routing, backend, runs, seed, csv_path, as_js
     from fp4check.kernels.registry import load_backend
     from fp4check.reports.terminal import stdout_console
 
+    if runs < 50:
+        raise InputError("--runs must be at least 50")
+    if warm < 0:
+        raise InputError(f"--warm must be 0 or more seconds, not {warm:g}")
     if backend not in KERNELS:
         raise InputError(f"fp4check bench times the kernels of {', '.join(KERNELS)}; {backend} has none to time")
     unmet = load_backend(backend).needs.unmet()
     if unmet:
         raise InputError(f"backend {backend} cannot run here: {unmet}")
-    if runs < 50:
-        raise InputError("--runs must be at least 50")
     # the backend, then triton beside it (the alternative a cutedsl user compares with) where it runs
     timed = [backend] + [b for b in KERNELS if b != backend and b == "triton" and not load_backend(b).needs.unmet()]
     kernels = {b: _kernels(b) for b in timed}
 
-    bw, flops = copy_bandwidth(runs), matmul_flops(runs)
+    bw, flops = copy_bandwidth(runs, warm_s=warm), matmul_flops(runs, warm_s=warm)
     rows_out = []
     common = {
         "op": op,
@@ -275,6 +288,7 @@ def bench(op, shape, tokens, topk, routing, backend, runs, seed, csv_path, as_js
         "command": " ".join(["fp4check", *sys.argv[1:]]),
         "copy_GBps": bw / 1e9,
         "matmul_TFLOPs": flops / 1e12,
+        "warm_s": warm,
     }
     if op == "quant":
         m, k = (int(v) for v in (shape or "8192x7168").lower().split("x"))
@@ -291,7 +305,7 @@ def bench(op, shape, tokens, topk, routing, backend, runs, seed, csv_path, as_js
         alt = lambda x, e: quantize_activation(x, EncodeScale(e.reshape(())))  # noqa: E731
         variants.append(("torch codec (alternative)", alt, False, None))
         for label, fn, graph, owner in variants:
-            t = time_op(fn, xs, runs, graph=graph)
+            t = time_op(fn, xs, runs, graph=graph, warm_s=warm)
             rows_out.append(_bandwidth_row(common, label, f"{m}x{k}", t, moved, bw) | {"compile_s": _compile_s(owner)})
     elif op in ("act", "kv"):
         if backend != "triton":
@@ -333,12 +347,12 @@ def bench(op, shape, tokens, topk, routing, backend, runs, seed, csv_path, as_js
                 return _torch_grouped(_dequant_act(ap, asc, dec, rows, k), _dequant_weights(bp, bs, bg), off)
 
             variants.append(("dequantize + torch grouped_mm (alternative)", alt_full, False, None, inputs))
-            t_w16 = time_op(_torch_grouped, acts, runs)
+            t_w16 = time_op(_torch_grouped, acts, runs, warm_s=warm)
             del acts, w16  # 4x the packed weights: free them before the per-call dequantization
         except torch.OutOfMemoryError:
             t_w16 = None
         for label, fn, graph, owner, ins in variants:
-            t = time_op(fn, ins, runs, graph=graph)
+            t = time_op(fn, ins, runs, graph=graph, warm_s=warm)
             tf = useful / (t.median_us * 1e-6)
             rows_out.append(
                 {
@@ -372,7 +386,10 @@ def bench(op, shape, tokens, topk, routing, backend, runs, seed, csv_path, as_js
     from rich.table import Table
 
     con = stdout_console()
-    t = Table(title=f"bench {op} on {common['gpu']}: copy {bw / 1e9:.0f} GB/s, bf16 matmul {flops / 1e12:.0f} TFLOP/s")
+    t = Table(
+        title=f"bench {op} on {common['gpu']}: copy {bw / 1e9:.0f} GB/s, bf16 matmul {flops / 1e12:.0f} TFLOP/s"
+        f" (every figure after {warm:g} s of its own work)"
+    )
     for col in ("variant", "shape", "median us", "p10-p90 us", "rate", "of limit", "compile s"):
         t.add_column(col)
     for r in rows_out:

@@ -1,9 +1,10 @@
 """The grouped NVFP4 GEMM's SM90 kernel, in Gluon (Triton's explicit-layout dialect): warp-specialized
 and persistent, the decoded weights fed to wgmma from registers, f16 MMA with fp32 accumulation, over a
-tile plan built on the GPU (`tile_plan`). On the H100 it reaches 57-61% of the bf16 matmul rate at the
-Pro L1 and L2 shapes with uniform routing and 48.5-53% of the same run's rate with skewed routing (45-50%
-of the best rate measured that day), against 39-40% and 25-29% for the `tl.dot` kernel
-(bench/results/h100_triton_bench_20261122i.csv, h100_gemm_parts_probe_20261122i.txt).
+tile plan built on the GPU (`tile_plan`). On the H100, each at its steady clock under the board's power
+limit (`fp4check bench`), it reaches 62-73% of the bf16 matmul rate at the Pro L1 and L2 shapes with
+uniform routing and 53-56% with skewed routing, against 44-46% and 30-32% for the `tl.dot` kernel; at one
+clock (the two alternating run by run) skewed routing is at 52.5% (L1) and 49.4% (L2)
+(bench/results/h100_triton_bench_20261122j.csv, h100_power_regimes_20261122j.txt).
 
 Orientation ("swap AB"): the weights are the MMA's M side (BM = 256 rows a tile, BM / PARTS per consumer
 warpgroup), the tokens its N side (BT = 16, 32, 64 or 128 rows of one expert: one launch per size, over
@@ -37,7 +38,16 @@ f16 decode 8-10%. Decoding step i + 1 in two halves around step i's two wgmmas, 
 were no faster. Four consumer warpgroups of 64 rows (PARTS = 4, 112 registers each) made the 16- and
 32-row tiles 3-6% faster a tile: their decode is bound by issue and latency (no pipe above 54% of its
 peak), and four warps a scheduler hide more of it than two, though the per-step address and descriptor
-work, now shared by 64 rows, adds 10% instructions; the 64-row tiles gained nothing and keep two.
+work, now shared by 64 rows, adds 10% instructions; the 64-row tiles gained nothing and keep two. No
+faster in any clock regime (h100_gemm_dropped_20261122j.txt): ring slots of two K steps (half the
+mbarrier waits and arrives, 5% fewer instructions); a decode 2 instructions a word shorter (an upper
+bound for weights stored with pre-placed bits); the 128-row tiles grouped so that the CTAs running at
+once share each weight tile in L2 (2-10% slower). ptxas places each step's wgmma wait ahead of most of
+the next step's decode (the SASS shows it), so that decode runs after the MMA, not beside it; keeping
+two steps' wgmmas in flight made ptxas serialize every wgmma ("insufficient register resources for the
+wgmma pipeline"), and a ready wait placed between the decode and the wgmma wait (a loop, which ptxas
+does not schedule across) kept the decode before the wait but cost register copies: the 32-row launch
+10% slower, the 64-row one 9-17%.
 
 K order. Thread t (lane % 4) of a fragment holds columns j = 16b + 8h + 2t + p (b = 0..7 k16 blocks,
 h, p = 0, 1) of the step. They are fed from byte 16t + 2b + h of the row piece, nibble p, i.e. from
