@@ -38,11 +38,12 @@ class Smi:
     """nvidia-smi sampling SM clock, power and the power-cap throttle flag into a file, read per window."""
 
     def __init__(self) -> None:
-        self.path = tempfile.mktemp(suffix=".csv")
+        self.out = tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False)
+        self.path = self.out.name
         query = "timestamp,clocks.sm,power.draw,clocks_throttle_reasons.sw_power_cap"
         self.proc = subprocess.Popen(
             ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits", "-lms", "50"],
-            stdout=open(self.path, "w"),
+            stdout=self.out,
             stderr=subprocess.DEVNULL,
         )
 
@@ -65,6 +66,8 @@ class Smi:
 
     def stop(self) -> None:
         self.proc.terminate()
+        self.proc.wait()
+        self.out.close()
 
 
 def timed(fn, inputs: list, runs: int, warm_s: float, smi: Smi) -> tuple:
