@@ -63,8 +63,8 @@ def time_op(fn: Callable, inputs: list, runs: int = 50, graph: bool = False, war
             graphs.append(g)
         calls = [g.replay for g in graphs]
     torch.cuda.synchronize()
-    end, i = time.perf_counter() + warm_s, 0
-    while time.perf_counter() < end:
+    until, i = time.perf_counter() + warm_s, 0
+    while time.perf_counter() < until:
         flush.zero_()
         calls[i % len(calls)]()
         i += 1
