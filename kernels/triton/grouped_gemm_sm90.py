@@ -2,9 +2,10 @@
 and persistent, the decoded weights fed to wgmma from registers, f16 MMA with fp32 accumulation, over a
 tile plan built on the GPU (`tile_plan`). On the H100, each at its steady clock under the board's power
 limit (`fp4check bench`), it reaches 62-73% of the bf16 matmul rate at the Pro L1 and L2 shapes with
-uniform routing and 53-56% with skewed routing, against 44-46% and 30-32% for the `tl.dot` kernel; at one
-clock (the two alternating run by run) skewed routing is at 52.5% (L1) and 49.4% (L2)
-(bench/results/h100_triton_bench_20261122j.csv, h100_power_regimes_20261122j.txt).
+uniform routing and 52-57% with skewed routing, against 44-46% and 28-32% for the `tl.dot` kernel; at one
+clock (the two alternating run by run) skewed routing is at 52.4-52.5% (L1) and 48.9-49.5% (L2)
+(bench/results/h100_triton_bench_20261122j.csv, h100_triton_bench_skewed_20261122k.csv,
+h100_power_regimes_20261122j.txt).
 
 Orientation ("swap AB"): the weights are the MMA's M side (BM = 256 rows a tile, BM / PARTS per consumer
 warpgroup), the tokens its N side (BT = 16, 32, 64 or 128 rows of one expert: one launch per size, over
@@ -48,6 +49,8 @@ two steps' wgmmas in flight made ptxas serialize every wgmma ("insufficient regi
 wgmma pipeline"), and a ready wait placed between the decode and the wgmma wait (a loop, which ptxas
 does not schedule across) kept the decode before the wait but cost register copies: the 32-row launch
 10% slower, the 64-row one 9-17%.
+Two 128-row blocks of an expert as one 256-row token tile on 128 weight rows (each hot weight tile decoded
+once for 256 tokens) was bit-equal but 4-14% slower (h100_gemm_pairs_dropped_20261122k.txt).
 
 K order. Thread t (lane % 4) of a fragment holds columns j = 16b + 8h + 2t + p (b = 0..7 k16 blocks,
 h, p = 0, 1) of the step. They are fed from byte 16t + 2b + h of the row piece, nibble p, i.e. from
