@@ -1,8 +1,9 @@
-"""Grouped NVFP4 GEMM in Triton for GPUs without FP4 tensor cores (SM90; it runs on SM100 too): rows
-sorted by expert and padded to 128 (offsets), e2m1 decoded in the kernel and multiplied by its e4m3
-block scale into bf16 (exact: at most 6 significant bits), bf16 tensor-core MMA with fp32 accumulation,
-and alpha = S_dec(a) * S_dec(b)[expert, column group] in the epilogue (w1 and w3 halves of w13 may carry
-different global scales). Equal to the emulated backend up to fp32 accumulation order.
+"""Grouped NVFP4 GEMM in Triton for GPUs without FP4 tensor cores (SM90; it builds for SM100 too,
+`bench/compile_targets.py`, but has not run there): rows sorted by expert and padded to 128 (offsets),
+e2m1 decoded in the kernel and multiplied by its e4m3 block scale into bf16 (exact: at most 6
+significant bits), bf16 tensor-core MMA with fp32 accumulation, and alpha = S_dec(a) * S_dec(b)[expert,
+column group] in the epilogue (w1 and w3 halves of w13 may carry different global scales). Equal to the
+emulated backend up to fp32 accumulation order.
 
 Two kernels share this module's front end (`gemm_args`: A's decoded copy and live flags): `_gemm_kernel`
 here, `tl.dot`, for any GPU Triton targets and either weight layout; and on SM90 with tiled weights the
