@@ -39,9 +39,6 @@ class StubDriver:
     def get_current_target(self) -> GPUTarget:
         return self.target
 
-    def get_active_torch_device(self) -> torch.device:
-        return torch.device("cpu")
-
 
 def every_config(self: Autotuner, *args, **kwargs) -> None:
     """Autotuner.run without timing: each config compiled (the stub has no benchmarker)."""
