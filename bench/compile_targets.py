@@ -11,7 +11,6 @@ Usage (repository root; Triton installed, no GPU needed): python3 bench/compile_
 
 from __future__ import annotations
 
-import re
 import sys
 
 import torch
@@ -98,7 +97,7 @@ def main() -> None:
         fn = jit_of(kernel)
         built = [c for caches in fn.device_caches.values() for c in caches[0].values()]
         archs = ",".join(f"sm_{a}" for a in sorted({c.metadata.target.arch for c in built}))
-        mma = {m: sum(len(re.findall(re.escape(m), c.asm["ptx"])) > 0 for c in built) for m in MMA}
+        mma = {m: sum(m in c.asm["ptx"] for c in built) for m in MMA}
         cubins = sum(len(c.asm["cubin"]) > 0 for c in built)
         found = ", ".join(f"{m} in {v}" for m, v in mma.items() if v) or "no MMA"
         print(f"  {fn.__name__}: {cubins} of {len(built)} variants built for {archs}; {found}")
